@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AccountsConfig(AppConfig):
+    name = "fastgpt_portal.accounts"
+    label = "accounts"

@@ -1,0 +1,346 @@
+"""Everything that changes a Turn. Views and tasks call these; nothing else writes a status."""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from fastgpt_portal.accounts.models import User
+from fastgpt_portal.accounts.services import identity_for
+from fastgpt_portal.chat import relay
+from fastgpt_portal.chat.models import Conversation, Turn, new_data_id
+from fastgpt_portal.upstream.client import client_for, usage_from
+from fastgpt_portal.upstream.events import (
+    AnswerDelta,
+    FlowResponses,
+    NodeResponse,
+    NodeStatus,
+    ToolEvent,
+    UpstreamError,
+)
+from fastgpt_portal.upstream.models import App
+
+log = logging.getLogger("fastgpt_portal.chat")
+
+Status = Turn.Status
+MAX_TRANSIENT_ATTEMPTS = 4
+# Control characters other than tab and newline have no place in a question; FastGPT and the
+# logs both choke on some of them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_question(text: str) -> str:
+    """Normalise a question or raise ValidationError with a message for the user."""
+    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+    if not text:
+        raise ValidationError("Type a message first.")
+    limit = settings.PORTAL_MAX_QUESTION_CHARS
+    if len(text) > limit:
+        raise ValidationError(
+            f"The message is {len(text):,} characters long; the limit is {limit:,}."
+        )
+    return text
+
+
+def _enqueue(turn_pk: int, countdown: float | None = None) -> None:
+    from fastgpt_portal.chat.tasks import run_turn
+
+    try:
+        if countdown:
+            run_turn.apply_async((turn_pk,), countdown=countdown)
+        else:
+            run_turn.delay(turn_pk)
+    except Exception:
+        # The turn is saved as queued; the sweeper sends it once the broker is back.
+        log.exception("turn %s: could not reach the broker; the sweeper will retry", turn_pk)
+
+
+def turn_submit(
+    *, user: User, text: str, app: App | None = None, conversation: Conversation | None = None
+) -> Turn:
+    """Save the question first, then hand it to a worker once the transaction has committed."""
+    text = clean_question(text)
+    if conversation is None:
+        if app is None or not app.enabled:
+            raise ValidationError("Choose an app to talk to.")
+    else:
+        app = conversation.app
+        if not app.enabled:
+            raise ValidationError(f"{app.name} is switched off; start a new chat with another app.")
+    identity_for(user)  # made now, so a first message never waits on it in the worker
+    with transaction.atomic():
+        if conversation is None:
+            conversation = Conversation.objects.create(user=user, app=app, title=_title_from(text))
+        turn = Turn.objects.create(conversation=conversation, user=user, question=text)
+        Conversation.objects.filter(pk=conversation.pk).update(updated=timezone.now())
+        transaction.on_commit(lambda: _enqueue(turn.pk))
+    turn.conversation = conversation
+    log.info("turn %s queued: user=%s app=%s", turn.pk, user.pk, app.slug)
+    return turn
+
+
+def _title_from(text: str) -> str:
+    first_line = text.split("\n", 1)[0].strip()
+    return first_line[:80] + ("…" if len(first_line) > 80 else "")
+
+
+def turn_cancel(*, turn: Turn) -> Turn:
+    """Stop an answer. A queued turn stops at once; a running one at the worker's next look."""
+    now = timezone.now()
+    if Turn.objects.filter(pk=turn.pk, status=Status.QUEUED).update(
+        status=Status.CANCELLED, finished_at=now, error="Stopped before an answer came."
+    ):
+        relay.publish_done(turn.pk)
+    elif turn.status == Status.RUNNING:
+        Turn.objects.filter(pk=turn.pk, status=Status.RUNNING).update(cancel_requested=True)
+        relay.request_cancel(turn.pk)
+    turn.refresh_from_db()
+    return turn
+
+
+def turn_retry(*, turn: Turn) -> Turn:
+    """Ask the same question again, in place. Only the user's explicit Retry may re-send a
+    question that FastGPT may already have run."""
+    if not turn.conversation.app.enabled:
+        raise ValidationError("This app is switched off.")
+    updated = Turn.objects.filter(pk=turn.pk, status__in=[Status.FAILED, Status.CANCELLED]).update(
+        status=Status.QUEUED,
+        answer="",
+        reasoning="",
+        error="",
+        error_code="",
+        data_id=new_data_id(),
+        attempts=0,
+        retries=F("retries") + 1,
+        queued_at=timezone.now(),
+        started_at=None,
+        first_token_at=None,
+        finished_at=None,
+        sent_at=None,
+        heartbeat_at=None,
+        cancel_requested=False,
+        points=0,
+        input_tokens=0,
+        output_tokens=0,
+        flow_responses=None,
+    )
+    if updated:
+        relay.Publisher(turn.pk).reset()
+        transaction.on_commit(lambda: _enqueue(turn.pk))
+        log.info("turn %s: retry requested by user %s", turn.pk, turn.user_id)
+    turn.refresh_from_db()
+    return turn
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Hide it from its owner; running answers are stopped first."""
+    for turn in conversation.turns.filter(status__in=[Status.QUEUED, Status.RUNNING]):
+        turn_cancel(turn=turn)
+    Conversation.objects.filter(pk=conversation.pk).update(deleted_at=timezone.now())
+
+
+def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
+    title = _CONTROL.sub("", title).strip()
+    if not title:
+        raise ValidationError("A title cannot be empty.")
+    conversation.title = title[:200]
+    conversation.save(update_fields=["title"])
+    return conversation
+
+
+@dataclass
+class RunOutcome:
+    status: str
+    retry_in: float | None = None
+
+
+def _fail(turn_pk: int, error: UpstreamError | str, *, answer: str | None = None) -> None:
+    message = error.message if isinstance(error, UpstreamError) else error
+    code = str(error.code or "") if isinstance(error, UpstreamError) else ""
+    fields = {
+        "status": Status.FAILED,
+        "error": message[:500],
+        "error_code": code[:32],
+        "finished_at": timezone.now(),
+    }
+    if answer is not None:
+        fields["answer"] = answer
+    Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(**fields)
+    relay.publish_done(turn_pk)
+
+
+def _mark_app_health(app: App, error: UpstreamError | None) -> None:
+    now = timezone.now()
+    if error is None:
+        if not app.healthy:
+            App.objects.filter(pk=app.pk).update(
+                healthy=True, health_message="", health_checked=now
+            )
+        return
+    App.objects.filter(pk=app.pk).update(
+        healthy=False, health_message=error.message[:500], health_checked=now
+    )
+
+
+def turn_run(*, turn_pk: int) -> RunOutcome:
+    """Claim a queued turn and stream its answer from FastGPT.
+
+    A redelivered task finds the turn no longer queued and does nothing, so no question is sent
+    twice by the queue.
+    """
+    now = timezone.now()
+    claimed = Turn.objects.filter(pk=turn_pk, status=Status.QUEUED).update(
+        status=Status.RUNNING, started_at=now, heartbeat_at=now, attempts=F("attempts") + 1
+    )
+    if not claimed:
+        return RunOutcome(status="skipped")
+    turn = Turn.objects.select_related("conversation__app", "user").get(pk=turn_pk)
+    app = turn.conversation.app
+    identity = identity_for(turn.user)
+    publisher = relay.Publisher(turn_pk)
+    publisher.publish([("status", "Sending to FastGPT…")])
+
+    answer: list[str] = []
+    reasoning: list[str] = []
+    flow: list[dict] = []
+    nodes: list[dict] = []
+    got_first = False
+    last_checkpoint = time.monotonic()
+    checkpoint_every = settings.PORTAL_CHECKPOINT_SECONDS
+    Turn.objects.filter(pk=turn_pk).update(sent_at=timezone.now())
+    stream = client_for(app).stream_chat(
+        chat_id=turn.conversation.chat_id,
+        custom_uid=identity.custom_uid,
+        data_id=turn.data_id,
+        text=turn.question,
+    )
+    try:
+        pending: list[tuple[str, str]] = []
+        for event in stream:
+            if isinstance(event, AnswerDelta):
+                if event.text:
+                    answer.append(event.text)
+                    pending.append(("delta", event.text))
+                if event.reasoning:
+                    reasoning.append(event.reasoning)
+                    pending.append(("reasoning", event.reasoning))
+                if not got_first and (event.text or event.reasoning):
+                    got_first = True
+                    Turn.objects.filter(pk=turn_pk).update(first_token_at=timezone.now())
+            elif isinstance(event, NodeStatus):
+                pending.append(("status", event.name))
+            elif isinstance(event, ToolEvent) and event.kind == "toolCall":
+                pending.append(("status", f"Using {event.tool.get('toolName') or 'a tool'}…"))
+            elif isinstance(event, FlowResponses):
+                flow = event.items
+            elif isinstance(event, NodeResponse):
+                nodes.append(event.item)
+            if pending:
+                publisher.publish(pending)
+                pending = []
+            if time.monotonic() - last_checkpoint >= checkpoint_every:
+                last_checkpoint = time.monotonic()
+                # Checkpoint, so a lost worker loses well under a second of answer.
+                Turn.objects.filter(pk=turn_pk).update(
+                    answer="".join(answer),
+                    reasoning="".join(reasoning),
+                    heartbeat_at=timezone.now(),
+                )
+                if publisher.cancel_requested():
+                    stream.close()  # v1: closing the connection stops the workflow upstream
+                    Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
+                        status=Status.CANCELLED,
+                        answer="".join(answer),
+                        reasoning="".join(reasoning),
+                        error="Stopped by you.",
+                        finished_at=timezone.now(),
+                    )
+                    relay.publish_done(turn_pk)
+                    log.info("turn %s cancelled by the user", turn_pk)
+                    return RunOutcome(status=Status.CANCELLED)
+    except UpstreamError as exc:
+        text = "".join(answer)
+        if exc.admin_action:
+            _mark_app_health(app, exc)
+        if not exc.permanent and not text and turn.attempts < MAX_TRANSIENT_ATTEMPTS:
+            # FastGPT never ran it: put it back and try again with backoff and jitter.
+            delay = exc.retry_after or min(30.0, 2 ** (turn.attempts - 1))
+            delay *= random.uniform(0.8, 1.3)
+            Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
+                status=Status.QUEUED, sent_at=None
+            )
+            log.warning(
+                "turn %s: transient upstream failure (%s, code=%s); retry %s in %.1fs",
+                turn_pk, exc.message, exc.code, turn.attempts, delay,
+            )  # fmt: skip
+            return RunOutcome(status=Status.QUEUED, retry_in=delay)
+        log.error("turn %s failed: app=%s code=%s: %s", turn_pk, app.slug, exc.code, exc.message)
+        _fail(turn_pk, exc, answer=text)
+        return RunOutcome(status=Status.FAILED)
+    except Exception:
+        log.exception("turn %s: unexpected error", turn_pk)
+        _fail(turn_pk, "Something went wrong in the portal; press Retry.", answer="".join(answer))
+        return RunOutcome(status=Status.FAILED)
+
+    usage = usage_from(flow or nodes)
+    text = "".join(answer)
+    _mark_app_health(app, None)
+    Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
+        status=Status.DONE,
+        answer=text,
+        reasoning="".join(reasoning),
+        finished_at=timezone.now(),
+        points=usage.points,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        flow_responses=flow or nodes or None,
+    )
+    relay.publish_done(turn_pk)
+    log.info(
+        "turn %s done: %d chars, %.4f points, %d+%d tokens",
+        turn_pk, len(text), usage.points, usage.input_tokens, usage.output_tokens,
+    )  # fmt: skip
+    return RunOutcome(status=Status.DONE)
+
+
+def sweep_turns() -> dict[str, int]:
+    """Rescue turns a lost worker or a lost broker message left behind."""
+    now = timezone.now()
+    stale = now - timezone.timedelta(seconds=settings.PORTAL_STALE_SECONDS)
+    counts = {"requeued": 0, "failed": 0, "resent": 0}
+    for turn in Turn.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale).only(
+        "pk", "sent_at", "answer"
+    ):
+        if turn.sent_at is None:
+            # It never reached FastGPT, so sending it again cannot answer it twice.
+            if Turn.objects.filter(pk=turn.pk, status=Status.RUNNING, sent_at=None).update(
+                status=Status.QUEUED
+            ):
+                counts["requeued"] += 1
+                _enqueue(turn.pk)
+        elif Turn.objects.filter(pk=turn.pk, status=Status.RUNNING, heartbeat_at__lt=stale).update(
+            status=Status.FAILED,
+            error="The answer was interrupted (the portal's worker stopped); press Retry.",
+            finished_at=now,
+        ):
+            counts["failed"] += 1
+            relay.publish_done(turn.pk)
+            log.error("turn %s failed by the sweeper: its worker stopped answering", turn.pk)
+    requeue_before = now - timezone.timedelta(seconds=settings.PORTAL_REQUEUE_SECONDS)
+    for pk in Turn.objects.filter(status=Status.QUEUED, queued_at__lt=requeue_before).values_list(
+        "pk", flat=True
+    ):
+        counts["resent"] += 1
+        _enqueue(pk)
+    if any(counts.values()):
+        log.warning("sweeper: %s", counts)
+    return counts

@@ -1,0 +1,261 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    StreamingHttpResponse,
+)
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.utils.html import escape
+from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HttpResponseClientRedirect, push_url
+
+from fastgpt_portal.chat import relay, selectors, services
+from fastgpt_portal.chat.forms import MessageForm
+from fastgpt_portal.chat.models import Conversation, Turn
+from fastgpt_portal.lib import sse
+
+log = logging.getLogger("fastgpt_portal.chat")
+
+SIDEBAR_SIZE = 30
+
+
+def _chat_context(request: HttpRequest, conversation: Conversation | None) -> dict:
+    apps = list(selectors.app_list_for_user(user=request.user))
+    selected = conversation.app if conversation else None
+    if selected is None:
+        slug = request.GET.get("app")
+        selected = next((a for a in apps if a.slug == slug), apps[0] if apps else None)
+    turns = (
+        list(selectors.turn_list_for_conversation(conversation=conversation))
+        if conversation
+        else []
+    )
+    return {
+        "apps": apps,
+        "selected_app": selected,
+        "conversation": conversation,
+        "turns": turns,
+        "conversations": selectors.conversation_list_for_user(user=request.user)[:SIDEBAR_SIZE],
+        "form": MessageForm(),
+    }
+
+
+@login_required
+@require_GET
+def chat_home(request: HttpRequest) -> HttpResponse:
+    return render(request, "chat/chat.html", _chat_context(request, None))
+
+
+@login_required
+@require_GET
+@vary_on_headers("HX-Request")
+def conversation_page(request: HttpRequest, pk: int) -> HttpResponse:
+    conversation = selectors.conversation_get_for_user(user=request.user, pk=pk)
+    return render(request, "chat/chat.html", _chat_context(request, conversation))
+
+
+@login_required
+@require_POST
+def send(request: HttpRequest) -> HttpResponse:
+    form = MessageForm(request.POST)
+    conversation = None
+    error = None
+    if not form.is_valid():
+        error = "; ".join(e for errs in form.errors.values() for e in errs)
+    else:
+        if form.cleaned_data["conversation"]:
+            conversation = selectors.conversation_get_for_user(
+                user=request.user, pk=form.cleaned_data["conversation"]
+            )
+        app = None
+        if conversation is None:
+            slug = form.cleaned_data["app"]
+            apps = selectors.app_list_for_user(user=request.user)
+            app = apps.filter(slug=slug).first() if slug else apps.first()
+        try:
+            turn = services.turn_submit(
+                user=request.user,
+                text=form.cleaned_data["text"],
+                app=app,
+                conversation=conversation,
+            )
+        except ValidationError as exc:
+            error = " ".join(exc.messages)
+    if error:
+        if request.htmx:
+            response = render(request, "chat/chat.html#composer-error", {"error": error})
+            response.status_code = 422
+            return response
+        return HttpResponseBadRequest(escape(error))
+
+    new_conversation = conversation is None
+    url = turn.conversation.get_absolute_url()
+    if not request.htmx:
+        return redirect(url)
+    context = {
+        "turn": turn,
+        "conversation": turn.conversation,
+        "new_conversation": new_conversation,
+        "conversations": selectors.conversation_list_for_user(user=request.user)[:SIDEBAR_SIZE],
+    }
+    response = render(request, "chat/chat.html#sent", context)
+    if new_conversation:
+        push_url(response, url)
+    return response
+
+
+@login_required
+@require_POST
+def turn_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    turn = selectors.turn_get_for_user(user=request.user, pk=pk)
+    turn = services.turn_cancel(turn=turn)
+    return _turn_response(request, turn)
+
+
+@login_required
+@require_POST
+def turn_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    turn = selectors.turn_get_for_user(user=request.user, pk=pk)
+    try:
+        turn = services.turn_retry(turn=turn)
+    except ValidationError as exc:
+        return HttpResponseBadRequest(escape(" ".join(exc.messages)))
+    return _turn_response(request, turn)
+
+
+def _turn_response(request: HttpRequest, turn: Turn) -> HttpResponse:
+    if request.htmx:
+        return render(request, "chat/chat.html#turn", {"turn": turn})
+    return redirect(turn.conversation.get_absolute_url())
+
+
+@login_required
+@require_GET
+@vary_on_headers("HX-Request")
+def turn_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    turn = selectors.turn_get_for_user(user=request.user, pk=pk)
+    if request.htmx:
+        return render(request, "chat/chat.html#turn", {"turn": turn})
+    return redirect(turn.conversation.get_absolute_url())
+
+
+def _render_turn(turn: Turn) -> str:
+    return render_to_string("chat/chat.html#turn", {"turn": turn})
+
+
+KEEPALIVE_MS = 15_000
+
+
+async def turn_events(request: HttpRequest, pk: int) -> HttpResponse:
+    """The answer as server-sent events, from the Redis stream; resumes after Last-Event-ID."""
+    user = await request.auser()
+    if not user.is_authenticated:
+        return HttpResponse("Log in first.", status=401)
+    turn = await selectors.aturn_get_for_user(user=user, pk=pk)
+    if turn is None:
+        raise Http404("No such turn.")
+    last_id = request.headers.get("Last-Event-ID") or "0-0"
+
+    async def finished_frame() -> bytes:
+        fresh = await Turn.objects.select_related("conversation__app").aget(pk=pk)
+        html = await sync_to_async(_render_turn)(fresh)
+        return sse.frame(html, event="done", id="done")
+
+    async def events():
+        if turn.is_finished or last_id == "done":
+            yield await finished_frame()
+            return
+        client = relay.async_redis()
+        key = relay.stream_key(pk)
+        cursor = last_id
+        yield sse.frame("", event="open", retry=2000)
+        while True:
+            try:
+                response = await client.xread({key: cursor}, block=KEEPALIVE_MS, count=500)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("turn %s: reading the answer stream failed", pk)
+                await asyncio.sleep(1)
+                response = None
+            if not response:
+                # Quiet for a while: make sure the turn has not finished without us noticing
+                # (its stream may have expired), and keep proxies from closing the connection.
+                status = await Turn.objects.filter(pk=pk).values_list("status", flat=True).afirst()
+                if status in Turn.FINISHED:
+                    yield await finished_frame()
+                    return
+                yield sse.comment("keep-alive")
+                continue
+            chunks: list[bytes] = []
+            deltas: list[str] = []
+            for entry_id, fields in response[0][1]:
+                cursor = entry_id
+                event = fields.get("e")
+                if event == "delta":
+                    deltas.append(fields.get("d", ""))
+                    continue
+                if deltas:
+                    chunks.append(sse.frame(escape("".join(deltas)), event="delta", id=entry_id))
+                    deltas = []
+                if event == "done":
+                    if chunks:
+                        yield b"".join(chunks)
+                    yield await finished_frame()
+                    return
+                chunks.append(sse.frame(escape(fields.get("d", "")), event=event, id=entry_id))
+            if deltas:
+                chunks.append(sse.frame(escape("".join(deltas)), event="delta", id=cursor))
+            yield b"".join(chunks)
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache, no-transform"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+@login_required
+@require_GET
+@vary_on_headers("HX-Request")
+def history(request: HttpRequest) -> HttpResponse:
+    query = request.GET.get("q", "").strip()[:200]
+    conversations = selectors.conversation_list_for_user(user=request.user, query=query)
+    template = "chat/history.html"
+    if request.htmx and request.headers.get("HX-Target") == "history-list":
+        template += "#history-list"
+    return render(request, template, {"conversations": conversations[:500], "query": query})
+
+
+@login_required
+@require_POST
+def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    conversation = selectors.conversation_get_for_user(user=request.user, pk=pk)
+    services.conversation_delete(conversation=conversation)
+    if request.htmx:
+        if request.headers.get("HX-Target", "").startswith("conversation-row"):
+            return HttpResponse("")
+        return HttpResponseClientRedirect("/")
+    return redirect("chat:history")
+
+
+@login_required
+@require_POST
+def conversation_rename(request: HttpRequest, pk: int) -> HttpResponse:
+    conversation = selectors.conversation_get_for_user(user=request.user, pk=pk)
+    title = request.POST.get("title", "")
+    try:
+        services.conversation_rename(conversation=conversation, title=title)
+    except ValidationError as exc:
+        return HttpResponseBadRequest(escape(" ".join(exc.messages)))
+    return redirect(conversation.get_absolute_url())

@@ -1,0 +1,166 @@
+"""`make run`: set everything up and serve the portal, with a worker, beat and Redis.
+
+Starts an embedded Redis unless REDIS_URL is set, the FastGPT double as a labelled demo
+upstream unless FASTGPT_BASE_URL and FASTGPT_API_KEY are set, then the Celery worker, Celery beat
+and the ASGI server. Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fastgpt_portal.lib.embedded_redis import EmbeddedRedis, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+DEMO_KEY_ENV = "PORTAL_DEMO_KEY"
+
+
+def manage(*args: str, stdin: str | None = None, env: dict | None = None) -> None:
+    subprocess.run(
+        [PY, str(ROOT / "manage.py"), *args], input=stdin, text=True, check=True, env=env
+    )
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing is listening on port {port}")
+
+
+def main() -> int:
+    env = os.environ.copy()
+    env.setdefault("DEBUG", "true")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    port = int(env.get("PORT", "8000"))
+    children: list[subprocess.Popen] = []
+    redis = None
+    if not env.get("REDIS_URL"):
+        redis = EmbeddedRedis().start()
+        env["REDIS_URL"] = redis.url
+        print(f"Started an embedded Redis at {redis.url}")
+    os.environ.update(env)
+
+    try:
+        manage("migrate", "--noinput", env=env)
+        base, key = env.get("FASTGPT_BASE_URL"), env.get("FASTGPT_API_KEY")
+        if base and key:
+            name = env.get("FASTGPT_APP_NAME") or "FastGPT"
+            manage(
+                "portal_app", "add", "--name", name, "--base-url", base, stdin=key + "\n", env=env
+            )
+        else:
+            from fastgpt_portal.upstream.double import DOUBLE_APP_KEY
+
+            double_port = free_port()
+            children.append(
+                subprocess.Popen(
+                    [
+                        PY,
+                        str(ROOT / "manage.py"),
+                        "fastgpt_double",
+                        "--port",
+                        str(double_port),
+                        "--token-rate",
+                        env.get("DEMO_TOKEN_RATE", "30"),
+                    ],
+                    env=env,
+                )  # fmt: skip
+            )
+            wait_for_port(double_port)
+            manage(
+                "portal_app", "add", "--name", "Demo assistant", "--slug", "demo",
+                "--base-url", f"http://127.0.0.1:{double_port}", "--demo",
+                stdin=DOUBLE_APP_KEY + "\n", env=env,
+            )  # fmt: skip
+            print(
+                "No FASTGPT_BASE_URL/FASTGPT_API_KEY: the app 'Demo assistant' is answered by the "
+                "built-in FastGPT double (labelled as a demo in the UI)."
+            )
+        manage("portal_admin", env=env)
+        beat_dir = tempfile.mkdtemp(prefix="portal-beat-")
+        celery = [PY, "-m", "celery", "-A", "fastgpt_portal"]
+        children.append(
+            subprocess.Popen(
+                [
+                    *celery,
+                    "worker",
+                    "--pool",
+                    "threads",
+                    "--concurrency",
+                    env.get("WORKER_CONCURRENCY", "32"),
+                    "--loglevel",
+                    "INFO",
+                ],
+                env=env,
+            )  # fmt: skip
+        )
+        children.append(
+            subprocess.Popen(
+                [
+                    *celery,
+                    "beat",
+                    "--schedule",
+                    str(Path(beat_dir) / "schedule"),
+                    "--loglevel",
+                    "WARNING",
+                ],
+                env=env,
+            )  # fmt: skip
+        )
+        children.append(
+            subprocess.Popen(
+                [
+                    PY,
+                    "-m",
+                    "uvicorn",
+                    "fastgpt_portal.asgi:application",
+                    "--host",
+                    env.get("HOST", "127.0.0.1"),
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+            )  # fmt: skip
+        )
+        wait_for_port(port)
+        print(f"\nThe portal is running: http://127.0.0.1:{port}/  (Ctrl-C stops everything)\n")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+        while all(c.poll() is None for c in children):
+            time.sleep(0.5)
+        dead = [c for c in children if c.poll() is not None]
+        print(f"A process stopped ({dead[0].args[:4]}); stopping the rest.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nStopping…")
+        return 0
+    finally:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if redis:
+            redis.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

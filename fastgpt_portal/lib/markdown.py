@@ -1,0 +1,55 @@
+"""Markdown from the model to safe HTML: render with raw HTML off, then sanitise, always."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import nh3
+from markdown_it import MarkdownIt
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import get_lexer_by_name
+from pygments.util import ClassNotFound
+
+_formatter = HtmlFormatter(nowrap=True, classprefix="hl-")
+
+
+def _highlight(code: str, lang: str, _attrs: str) -> str:
+    if not lang:
+        return ""  # markdown-it escapes it itself
+    try:
+        lexer = get_lexer_by_name(lang)
+    except ClassNotFound:
+        return ""
+    return highlight(code, lexer, _formatter)
+
+
+_md = MarkdownIt("commonmark", {"html": False, "linkify": False, "highlight": _highlight}).enable(
+    ["table", "strikethrough"]
+)
+
+_TAGS = {
+    "p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li",
+    "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td", "span",
+    "img",
+}  # fmt: skip
+_ATTRS = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "title"},
+    "code": {"class"},
+    "span": {"class"},
+    "ol": {"start"},
+}
+
+
+@lru_cache(maxsize=2048)
+def render(text: str) -> str:
+    html = _md.render(text)
+    # Inline style attributes (table alignment) are dropped: the CSP forbids them anyway.
+    return nh3.clean(
+        html,
+        tags=_TAGS,
+        attributes=_ATTRS,
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
+    )

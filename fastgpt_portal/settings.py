@@ -1,0 +1,219 @@
+"""The only settings module. Every knob comes from the environment; see .env.example."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
+
+from fastgpt_portal.lib.env import envbool, envfloat, envint, envlist, envsecret, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = envbool("DEBUG", False)
+_DEV_SECRET = "dev-only-insecure-secret-key-do-not-use-in-production"
+SECRET_KEY = envsecret("SECRET_KEY") or (_DEV_SECRET if DEBUG else "")
+if (
+    not SECRET_KEY
+    or len(SECRET_KEY) < 32
+    or (not DEBUG and (SECRET_KEY == _DEV_SECRET or SECRET_KEY.startswith("change-me")))
+):
+    raise ImproperlyConfigured(
+        "SECRET_KEY must be set to a random value of at least 32 characters outside DEBUG "
+        "(python -c 'import secrets; print(secrets.token_urlsafe(50))')."
+    )
+
+_raw_fernet = envsecret("FIELD_ENCRYPTION_KEY")
+if _raw_fernet:
+    # A comma-separated list: the first key encrypts, all of them decrypt (rotation).
+    FIELD_ENCRYPTION_KEYS = [k.strip() for k in _raw_fernet.split(",") if k.strip()]
+elif DEBUG:
+    FIELD_ENCRYPTION_KEYS = [
+        base64.urlsafe_b64encode(hashlib.sha256(SECRET_KEY.encode()).digest()).decode()
+    ]
+else:
+    raise ImproperlyConfigured(
+        "FIELD_ENCRYPTION_KEY must be set outside DEBUG (python -c "
+        "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')."
+    )
+
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
+SITE_NAME = envstr("SITE_NAME", "FastGPT Portal")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "fastgpt_portal.accounts",
+    "fastgpt_portal.upstream",
+    "fastgpt_portal.chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "fastgpt_portal.urls"
+ASGI_APPLICATION = "fastgpt_portal.asgi.application"
+WSGI_APPLICATION = "fastgpt_portal.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.csp",
+                "fastgpt_portal.chat.context_processors.portal",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=envint("DB_CONN_MAX_AGE", 0),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Tests share the database with a real worker process, so it must be a file, not :memory:.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+    # WAL lets the web process read while the worker checkpoints answers.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_USER_MODEL = "accounts.User"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = envstr("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+# Serve straight from the app folders in DEBUG so `make run` needs no collectstatic.
+WHITENOISE_USE_FINDERS = DEBUG
+
+# Redis: broker and answer streams. Unset means the embedded Redis that `make run` and the
+# tests start (see fastgpt_portal.lib.embedded_redis); they export REDIS_URL for the processes.
+REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+CELERY_BROKER_URL = REDIS_URL
+# A separate queue name lets test runs and benchmarks share a Redis with a running portal.
+CELERY_TASK_DEFAULT_QUEUE = envstr("PORTAL_QUEUE", "portal")
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stuck-turns": {"task": "chat.sweep_turns", "schedule": 30.0},
+}
+
+# The portal's own knobs.
+PORTAL_CUSTOM_UID = envstr("PORTAL_CUSTOM_UID", "username")
+if PORTAL_CUSTOM_UID not in ("username", "email", "opaque"):
+    raise ImproperlyConfigured("PORTAL_CUSTOM_UID must be username, email or opaque.")
+PORTAL_EMBED_ORIGINS = envlist("PORTAL_EMBED_ORIGINS")
+PORTAL_MAX_QUESTION_CHARS = envint("PORTAL_MAX_QUESTION_CHARS", 20000)
+FASTGPT_TIMEOUT = envfloat("FASTGPT_TIMEOUT", 300.0)
+FASTGPT_CONNECT_TIMEOUT = envfloat("FASTGPT_CONNECT_TIMEOUT", 10.0)
+# How often the worker writes the partial answer to the database, in seconds.
+PORTAL_CHECKPOINT_SECONDS = envfloat("PORTAL_CHECKPOINT_SECONDS", 0.5)
+# A running turn whose worker has said nothing for this long is failed by the sweeper.
+PORTAL_STALE_SECONDS = envint("PORTAL_STALE_SECONDS", 90)
+# A queued turn older than this is re-sent by the sweeper (its message was lost with Redis).
+PORTAL_REQUEUE_SECONDS = envint("PORTAL_REQUEUE_SECONDS", 60)
+PORTAL_STREAM_TTL_SECONDS = envint("PORTAL_STREAM_TTL_SECONDS", 3600)
+
+# Security. Content Security Policy without unsafe-inline / unsafe-eval; htmx is configured
+# (static/js/portal.js) so it needs neither.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, "data:"],
+    "connect-src": [CSP.SELF],
+    "frame-ancestors": [CSP.SELF, *PORTAL_EMBED_ORIGINS],
+    "form-action": [CSP.SELF],
+    "base-uri": [CSP.NONE],
+    "object-src": [CSP.NONE],
+}
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if not DEBUG:
+    SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", True)
+    CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", True)
+    SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    if not SECURE_HSTS_PRELOAD:
+        # Preloading is a commitment for a whole domain; intranet hosts often cannot make it,
+        # so it is the operator's choice (SECURE_HSTS_PRELOAD=true), not a deploy warning.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
+    # /healthz is probed over plain HTTP inside the cluster.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+}

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class UpstreamConfig(AppConfig):
+    name = "fastgpt_portal.upstream"
+    label = "upstream"

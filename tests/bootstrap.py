@@ -1,0 +1,21 @@
+"""Loaded with `-p tests.bootstrap` (pyproject addopts), before pytest-django reads the settings.
+
+Tests run in DEBUG with a Celery queue of their own, so they can share a Redis with a running
+portal, and with a short checkpoint interval. Without REDIS_URL an embedded Redis is started.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import uuid
+
+os.environ.setdefault("DEBUG", "true")
+os.environ["PORTAL_QUEUE"] = f"portal-test-{uuid.uuid4().hex[:8]}"
+os.environ.setdefault("PORTAL_CHECKPOINT_SECONDS", "0.2")
+if not os.environ.get("REDIS_URL"):
+    from fastgpt_portal.lib.embedded_redis import EmbeddedRedis
+
+    _embedded = EmbeddedRedis().start()
+    atexit.register(_embedded.stop)
+    os.environ["REDIS_URL"] = _embedded.url

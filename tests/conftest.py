@@ -1,0 +1,154 @@
+"""The real parts: Redis (the machine's, or an embedded one), a Celery worker process, an ASGI
+server process and the FastGPT double over HTTP. Nothing of our own is patched out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fastgpt_portal.lib.embedded_redis import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    auth = s["USER"] or ""
+    if s["PASSWORD"]:
+        auth += f":{s['PASSWORD']}"
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    env = os.environ.copy()
+    env["DATABASE_URL"] = _database_url()
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, message: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(message or "condition not met in time")
+
+
+@pytest.fixture(scope="session")
+def double():
+    from fastgpt_portal.upstream.double import FastGPTDouble
+
+    d = FastGPTDouble().start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def fastgpt(double):
+    """The FastGPT double, fresh for each test."""
+    double.reset()
+    yield double
+    double.reset()
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A real Celery worker process (threads pool) on this session's queue."""
+    name = f"test-{uuid.uuid4().hex[:6]}@localhost"
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "fastgpt_portal", "worker", "--pool", "threads",
+             "--concurrency", "8", "--loglevel", "INFO", "-n", name, "--without-heartbeat",
+             "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=_child_env(), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    from fastgpt_portal.celery import app
+
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"the worker exited:\n{log.read_text()[-3000:]}")
+        return app.control.ping(destination=[name], timeout=0.5)
+
+    wait_until(ready, timeout=30, interval=0.2, message="the Celery worker did not start")
+    proc.log_path = log
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def portal_server(django_db_setup, django_db_blocker, tmp_path_factory):
+    """The portal under uvicorn (ASGI), as `make run` serves it."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("web") / "web.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "fastgpt_portal.asgi:application", "--host",
+             "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT, env=_child_env(), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        if proc.poll() is not None:
+            raise AssertionError(f"the web server exited:\n{log.read_text()[-3000:]}")
+        try:
+            return httpx.get(url + "/accounts/login/", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout=30, interval=0.2, message="the web server did not start")
+    proc.url = url
+    proc.log_path = log
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", "alice@example.org", "alice-pass-123")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob", "bob@example.org", "bob-pass-123")
+
+
+@pytest.fixture
+def demo_app(fastgpt):
+    from fastgpt_portal.upstream.double import DOUBLE_APP_KEY
+    from fastgpt_portal.upstream.models import App
+
+    return App.objects.create(name="Helpdesk", base_url=fastgpt.url, api_key=DOUBLE_APP_KEY)
+
+
+def session_cookie(user) -> dict[str, str]:
+    """A real session for `user`, for clients of the server processes."""
+    from django.conf import settings
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
