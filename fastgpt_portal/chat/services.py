@@ -235,6 +235,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
                     pending.append(("reasoning", event.reasoning))
                 if not got_first and (event.text or event.reasoning):
                     got_first = True
+                    pending.insert(0, ("status", ""))  # the answer itself now shows progress
                     Turn.objects.filter(pk=turn_pk).update(first_token_at=timezone.now())
             elif isinstance(event, NodeStatus):
                 pending.append(("status", event.name))

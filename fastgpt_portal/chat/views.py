@@ -1,29 +1,23 @@
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import (
-    Http404,
     HttpRequest,
     HttpResponse,
     HttpResponseBadRequest,
-    StreamingHttpResponse,
 )
 from django.shortcuts import redirect, render
-from django.template.loader import render_to_string
 from django.utils.html import escape
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect, push_url
 
-from fastgpt_portal.chat import relay, selectors, services
+from fastgpt_portal.chat import selectors, services
 from fastgpt_portal.chat.forms import MessageForm
 from fastgpt_portal.chat.models import Conversation, Turn
-from fastgpt_portal.lib import sse
 
 log = logging.getLogger("fastgpt_portal.chat")
 
@@ -148,81 +142,6 @@ def turn_detail(request: HttpRequest, pk: int) -> HttpResponse:
     if request.htmx:
         return render(request, "chat/chat.html#turn", {"turn": turn})
     return redirect(turn.conversation.get_absolute_url())
-
-
-def _render_turn(turn: Turn) -> str:
-    return render_to_string("chat/chat.html#turn", {"turn": turn})
-
-
-KEEPALIVE_MS = 15_000
-
-
-async def turn_events(request: HttpRequest, pk: int) -> HttpResponse:
-    """The answer as server-sent events, from the Redis stream; resumes after Last-Event-ID."""
-    user = await request.auser()
-    if not user.is_authenticated:
-        return HttpResponse("Log in first.", status=401)
-    turn = await selectors.aturn_get_for_user(user=user, pk=pk)
-    if turn is None:
-        raise Http404("No such turn.")
-    last_id = request.headers.get("Last-Event-ID") or "0-0"
-
-    async def finished_frame() -> bytes:
-        fresh = await Turn.objects.select_related("conversation__app").aget(pk=pk)
-        html = await sync_to_async(_render_turn)(fresh)
-        return sse.frame(html, event="done", id="done")
-
-    async def events():
-        if turn.is_finished or last_id == "done":
-            yield await finished_frame()
-            return
-        client = relay.async_redis()
-        key = relay.stream_key(pk)
-        cursor = last_id
-        yield sse.frame("", event="open", retry=2000)
-        while True:
-            try:
-                response = await client.xread({key: cursor}, block=KEEPALIVE_MS, count=500)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("turn %s: reading the answer stream failed", pk)
-                await asyncio.sleep(1)
-                response = None
-            if not response:
-                # Quiet for a while: make sure the turn has not finished without us noticing
-                # (its stream may have expired), and keep proxies from closing the connection.
-                status = await Turn.objects.filter(pk=pk).values_list("status", flat=True).afirst()
-                if status in Turn.FINISHED:
-                    yield await finished_frame()
-                    return
-                yield sse.comment("keep-alive")
-                continue
-            chunks: list[bytes] = []
-            deltas: list[str] = []
-            for entry_id, fields in response[0][1]:
-                cursor = entry_id
-                event = fields.get("e")
-                if event == "delta":
-                    deltas.append(fields.get("d", ""))
-                    continue
-                if deltas:
-                    chunks.append(sse.frame(escape("".join(deltas)), event="delta", id=entry_id))
-                    deltas = []
-                if event == "done":
-                    if chunks:
-                        yield b"".join(chunks)
-                    yield await finished_frame()
-                    return
-                chunks.append(sse.frame(escape(fields.get("d", "")), event=event, id=entry_id))
-            if deltas:
-                chunks.append(sse.frame(escape("".join(deltas)), event="delta", id=cursor))
-            yield b"".join(chunks)
-
-    response = StreamingHttpResponse(events(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache, no-transform"
-    response["X-Accel-Buffering"] = "no"
-    return response
 
 
 @login_required

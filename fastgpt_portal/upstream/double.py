@@ -370,7 +370,10 @@ class FastGPTDouble:
     # ----------------------------------------------------------------- lifecycle
 
     def start(self) -> FastGPTDouble:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        # proto must be IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then, and
+        # without it every response on a reused connection waits 40 ms for a delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         sock.listen(4096)
