@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from fastgpt_portal.accounts.models import User
+from fastgpt_portal.accounts.models import Identity, User
 from fastgpt_portal.accounts.services import identity_for
 from fastgpt_portal.chat import relay
 from fastgpt_portal.chat.models import Conversation, Turn, new_data_id
@@ -28,6 +28,7 @@ from fastgpt_portal.upstream.events import (
     UpstreamError,
 )
 from fastgpt_portal.upstream.models import App
+from fastgpt_portal.usage.services import quota_check
 
 log = logging.getLogger("fastgpt_portal.chat")
 
@@ -76,8 +77,12 @@ def turn_submit(
         app = conversation.app
         if not app.enabled:
             raise ValidationError(f"{app.name} is switched off; start a new chat with another app.")
-    identity_for(user)  # made now, so a first message never waits on it in the worker
+    identity = identity_for(user)  # made now, so a first message never waits on it later
     with transaction.atomic():
+        # Lock the user's identity row: one user's submits are checked against the quota one
+        # at a time, so two tabs cannot both slip under a limit.
+        Identity.objects.select_for_update().only("pk").get(pk=identity.pk)
+        quota_check(user=user)
         if conversation is None:
             conversation = Conversation.objects.create(user=user, app=app, title=_title_from(text))
         turn = Turn.objects.create(conversation=conversation, user=user, question=text)
