@@ -175,6 +175,11 @@ PORTAL_STALE_SECONDS = envint("PORTAL_STALE_SECONDS", 90)
 # A queued turn older than this is re-sent by the sweeper (its message was lost with Redis).
 PORTAL_REQUEUE_SECONDS = envint("PORTAL_REQUEUE_SECONDS", 60)
 PORTAL_STREAM_TTL_SECONDS = envint("PORTAL_STREAM_TTL_SECONDS", 3600)
+# Transient upstream failures (connect errors, proxy 502/503/504, 429) are retried this many
+# times in all, waiting base * 2^n seconds (with jitter, at most max) between tries.
+PORTAL_RETRY_ATTEMPTS = envint("PORTAL_RETRY_ATTEMPTS", 4)
+PORTAL_RETRY_BASE_SECONDS = envfloat("PORTAL_RETRY_BASE_SECONDS", 1.0)
+PORTAL_RETRY_MAX_SECONDS = envfloat("PORTAL_RETRY_MAX_SECONDS", 30.0)
 
 # Security. Content Security Policy without unsafe-inline / unsafe-eval; htmx is configured
 # (static/js/portal.js) so it needs neither.

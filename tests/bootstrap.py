@@ -13,6 +13,8 @@ import uuid
 os.environ.setdefault("DEBUG", "true")
 os.environ["PORTAL_QUEUE"] = f"portal-test-{uuid.uuid4().hex[:8]}"
 os.environ.setdefault("PORTAL_CHECKPOINT_SECONDS", "0.2")
+# Short backoff so the fault tests retry in milliseconds, not seconds.
+os.environ.setdefault("PORTAL_RETRY_BASE_SECONDS", "0.05")
 if not os.environ.get("REDIS_URL"):
     from fastgpt_portal.lib.embedded_redis import EmbeddedRedis
 

@@ -33,7 +33,6 @@ from fastgpt_portal.usage.services import quota_check
 log = logging.getLogger("fastgpt_portal.chat")
 
 Status = Turn.Status
-MAX_TRANSIENT_ATTEMPTS = 4
 # Control characters other than tab and newline have no place in a question; FastGPT and the
 # logs both choke on some of them.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -277,10 +276,10 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
         text = "".join(answer)
         if exc.admin_action:
             _mark_app_health(app, exc)
-        if not exc.permanent and not text and turn.attempts < MAX_TRANSIENT_ATTEMPTS:
+        if not exc.permanent and not text and turn.attempts < settings.PORTAL_RETRY_ATTEMPTS:
             # FastGPT never ran it: put it back and try again with backoff and jitter.
-            delay = exc.retry_after or min(30.0, 2 ** (turn.attempts - 1))
-            delay *= random.uniform(0.8, 1.3)
+            delay = exc.retry_after or settings.PORTAL_RETRY_BASE_SECONDS * 2 ** (turn.attempts - 1)
+            delay = min(delay, settings.PORTAL_RETRY_MAX_SECONDS) * random.uniform(0.8, 1.2)
             Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
                 status=Status.QUEUED, sent_at=None
             )
@@ -289,7 +288,12 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
                 turn_pk, exc.message, exc.code, turn.attempts, delay,
             )  # fmt: skip
             return RunOutcome(status=Status.QUEUED, retry_in=delay)
-        log.error("turn %s failed: app=%s code=%s: %s", turn_pk, app.slug, exc.code, exc.message)
+        if not exc.permanent:
+            exc.message = f"{exc.message} Tried {turn.attempts} times; press Retry to try again."
+        log.error(
+            "turn %s failed after %s attempt(s): app=%s code=%s: %s",
+            turn_pk, turn.attempts, app.slug, exc.code, exc.message,
+        )  # fmt: skip
         _fail(turn_pk, exc, answer=text)
         return RunOutcome(status=Status.FAILED)
     except Exception:
