@@ -183,3 +183,35 @@ def test_a_reload_shows_the_stored_answer(client, alice, demo_app, fastgpt, work
     assert page.status_code == 200
     assert "Remember me" in page.text
     assert "sse-connect" not in page.text, "a finished turn is plain HTML"
+
+
+def test_stop_cancels_a_running_answer_and_keeps_what_came(
+    client, alice, demo_app, fastgpt, worker
+):
+    fastgpt.token_rate = 20
+    fastgpt.tokens = 200
+    try:
+        client.force_login(alice)
+        turn = send(client, "A long answer please", app=demo_app.slug)
+        wait_until(lambda: Turn.objects.get(pk=turn.pk).answer, message="nothing streamed")
+        response = client.post(f"/chat/turns/{turn.pk}/cancel", HTTP_HX_REQUEST="true")
+        assert response.status_code == 200
+        turn = wait_until(lambda: finished(turn.pk), timeout=10)
+    finally:
+        fastgpt.token_rate = 0
+        fastgpt.tokens = None
+    assert turn.status == Turn.Status.CANCELLED
+    assert turn.answer, "the part that came is kept"
+    assert len(turn.answer.split()) < 150, "it stopped well before the end"
+    assert turn.error == "Stopped by you."
+
+
+def test_stop_cancels_a_queued_turn_at_once(client, alice, demo_app, fastgpt):
+    from fastgpt_portal.chat.services import turn_cancel
+
+    # No worker is running for this test's turn: it stays queued until cancelled.
+    conversation = Conversation.objects.create(user=alice, app=demo_app)
+    turn = Turn.objects.create(conversation=conversation, user=alice, question="q")
+    turn = turn_cancel(turn=turn)
+    assert turn.status == Turn.Status.CANCELLED
+    assert completions(fastgpt) == []
