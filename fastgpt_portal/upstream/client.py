@@ -299,8 +299,13 @@ def _readable(category: str, body: dict) -> tuple[str, bool, bool]:
 
 
 def _transport_error(exc: httpx.HTTPError, *, phase: str, timeout: float) -> UpstreamError:
-    """Map an httpx failure; `phase` is "connect", "sent" (no headers yet) or "streaming"."""
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+    """Map an httpx failure; `phase` is "request" (before the body) or "streaming"."""
+    if isinstance(exc, httpx.PoolTimeout):
+        return UpstreamError(
+            "Too many answers are streaming from FastGPT at once: no connection was free.",
+            permanent=False,
+        )
+    if isinstance(exc, httpx.ConnectTimeout):
         return UpstreamError(
             "FastGPT could not be reached: the connection timed out.", permanent=False
         )
@@ -420,12 +425,11 @@ class FastGPTClient:
             body["variables"] = variables
         if self.app_id:
             body["appId"] = self.app_id  # only a global key needs it; an app key ignores it
-        phase = "connect"
+        phase = "request"
         try:
             with self._http.stream(
                 "POST", self._url, json=body, headers=self._headers, timeout=self._timeout
             ) as response:
-                phase = "sent"
                 chunks = self._event_stream(response)
                 phase = "streaming"
                 yield from self._events(_frames(_lines(chunks)))
@@ -627,11 +631,17 @@ class FastGPTClient:
                 True, "global", f"The key works with FastGPT app {self.app_id}.", self.app_id
             )
         if outcome == "key_rejected":
+            if error is not None and error.code == 403:
+                return CheckResult(
+                    False,
+                    "unknown",
+                    "FastGPT cannot read this key (403 unAuthorization): paste the whole key, "
+                    "fastgpt-… with no spaces.",
+                )
             return CheckResult(
                 False,
                 "unknown",
-                "FastGPT does not know this key (514 unAuthApiKey), or it is malformed: an "
-                "administrator must paste a valid key.",
+                "FastGPT does not know this key (514 unAuthApiKey): paste a valid key.",
             )
         if outcome == "global_key":
             return CheckResult(
@@ -670,7 +680,7 @@ class FastGPTClient:
                 self._url, json=body, headers=self._headers, timeout=self._timeout
             )
         except httpx.HTTPError as exc:
-            error = _transport_error(exc, phase="sent", timeout=self._timeout_s)
+            error = _transport_error(exc, phase="request", timeout=self._timeout_s)
             return "transport", error
         if response.status_code == 200:
             try:

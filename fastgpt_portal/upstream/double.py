@@ -98,8 +98,6 @@ _VOCAB = (
     "and measure how long every step takes under load"
 ).split()
 
-log = logging.getLogger(__name__)
-
 
 class _Abort(Exception):
     """Raised inside the app to cut the connection (drop_mid_stream, raw abort)."""
@@ -292,7 +290,6 @@ class _Run:
     stop: asyncio.Event
     next_heartbeat: float
     disconnected: bool = False
-    cut: bool = False  # stopped before the workflow finished
     done: asyncio.Event = field(default_factory=asyncio.Event)
     answer: list[str] = field(default_factory=list)
 
@@ -307,7 +304,15 @@ class _Run:
 
 
 class FastGPTDouble:
-    """A FastGPT stand-in on loopback. Use as a context manager or start()/stop()."""
+    """A FastGPT stand-in on loopback. Use as a context manager or start()/stop().
+
+    keys: {key: {"app_id", "name", "kind": "app"|"global", "team_id", "tmb_id"}}; an app_id on
+    a global key only makes that app exist. token_rate: tokens per second (0: no pacing).
+    tokens: answer length (None: a short Markdown echo of the question). Questions containing
+    [[select]], [[fast]], [[reasoning]] or [[vars]] get a userSelect node, a fastAnswer, reasoning
+    chunks or an updateVariables event. record_writes: keep, per completions request, the
+    time.monotonic() of each answer chunk written (received[i]["writes"]).
+    """
 
     def __init__(
         self,
@@ -349,7 +354,8 @@ class FastGPTDouble:
         self._apps = {DOUBLE_APP_ID, *app_ids}
         self._apps.update(info["app_id"] for info in spec.values() if info.get("app_id"))
         self._lock = threading.Lock()
-        self._received: list[dict[str, Any]] = []
+        # Bounded, so a long-running demo (`make run`) does not grow without end.
+        self._received: deque[dict[str, Any]] = deque(maxlen=100_000)
         self._faults: deque[list] = deque()
         self.chats: dict[str, dict[str, Any]] = {}
         self._running: dict[str, _Run] = {}  # v2 runs by chatId, for /api/v2/chat/stop
@@ -387,7 +393,7 @@ class FastGPTDouble:
             lifespan="off",
             log_config=None,  # leave the host process's logging alone
             access_log=False,
-            timeout_keep_alive=30,
+            timeout_keep_alive=5,  # Node's default, so clients meet FastGPT's idle closes
             backlog=4096,
         )
         self._server = uvicorn.Server(config)
@@ -632,28 +638,27 @@ class FastGPTDouble:
             variables.update(body["variables"])
         plan = self._plan(question, chat, variables, name, params)
         started = time.monotonic()
-        partial = None
+
+        def save(partial: str | None) -> None:
+            if saved_id:
+                self._save(
+                    key=key,
+                    app_id=app_id,
+                    chat_id=saved_id,
+                    body=body,
+                    last=last,
+                    question=question,
+                    plan=plan,
+                    partial=partial,
+                    seconds=time.monotonic() - started,
+                )
+
         if stream:
-            run = await self._stream(plan, send, receive, detail, version, chat_id, request)
-            if run.cut:
-                partial = "".join(run.answer)
-        else:
-            await asyncio.sleep(self._non_stream_seconds(plan))
-        if saved_id:
-            self._save(
-                key=key,
-                app_id=app_id,
-                chat_id=saved_id,
-                body=body,
-                last=last,
-                question=question,
-                plan=plan,
-                partial=partial,
-                seconds=time.monotonic() - started,
-            )
-        if stream:
+            await self._stream(plan, send, receive, detail, version, chat_id, request, save)
             return
-        returned_id = chat_id if chat_id else (saved_id or "" if self.return_generated_id else "")
+        await asyncio.sleep(self._non_stream_seconds(plan))
+        save(None)
+        returned_id = chat_id or ((saved_id or "") if self.return_generated_id else "")
         await _json(send, 200, self._non_stream_body(plan, detail, returned_id))
 
     def _plan(
@@ -879,7 +884,9 @@ class FastGPTDouble:
         version: int,
         chat_id: str,
         request: _Request,
-    ) -> _Run:
+        save: Callable[[str | None], None],
+    ) -> None:
+        """Write the SSE answer; `save` stores the chat before the tail, as saveChat does."""
         loop = asyncio.get_running_loop()
         writes: list[float] | None = None
         if self.record_writes and request.entry is not None:
@@ -902,15 +909,13 @@ class FastGPTDouble:
                 if run.stop.is_set():
                     break
                 await self._step(run, step, plan)
-            if run.stop.is_set():
-                run.cut = True
+            # A stopped run stores the text it actually produced.
+            save("".join(run.answer) if run.stop.is_set() else None)
             if run.disconnected and version == 1:
-                return run  # v1: the workflow stops with the connection (§8.15)
-            tail_duration = _event(
-                "workflowDuration", {"durationSeconds": round(loop.time() - started, 3)}
-            )
+                return  # v1: the workflow stops with the connection (§8.15)
             if detail:
-                await run.write(tail_duration)
+                seconds = round(loop.time() - started, 3)
+                await run.write(_event("workflowDuration", {"durationSeconds": seconds}))
             await run.write(_data_frame(_STOP_JSON, detail=detail))
             done = b"event: answer\ndata: [DONE]\n\n" if detail else b"data: [DONE]\n\n"
             flow = _event("flowResponses", plan.nodes) if detail and version == 1 else b""
@@ -922,7 +927,6 @@ class FastGPTDouble:
                     await run.write(flow)
             if not run.disconnected:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return run
         finally:
             run.done.set()
             watcher.cancel()
@@ -1072,7 +1076,6 @@ class FastGPTDouble:
         chat["updateTime"] = now
         values = [dict(v) for v in plan.values]
         if partial is not None:
-            # A stopped run stores the text it actually produced.
             values = [v for v in values if v["type"] != "text"]
             values.append({"type": "text", "text": {"content": partial}})
         error = next((n.get("errorText") for n in plan.nodes if n.get("errorText")), None)
@@ -1370,7 +1373,7 @@ async def _raw(send: Callable, params: dict) -> None:
     pieces = params.get("bytes", b"")
     if not isinstance(pieces, list):
         pieces = [pieces]
-    headers = params.get("headers") or {"content-type": "text/event-stream;charset=utf-8"}
+    headers = params.get("headers", {"content-type": "text/event-stream;charset=utf-8"})
     pairs = headers.items() if isinstance(headers, dict) else headers
     await send(
         {
