@@ -101,7 +101,9 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Tests share the database with a real worker process, so it must be a file, not :memory:.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+    DATABASES["default"]["TEST"] = {
+        "NAME": envstr("PORTAL_TEST_DB_NAME") or str(BASE_DIR / "test-db.sqlite3")
+    }
     # WAL lets the web process read while the worker checkpoints answers.
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",

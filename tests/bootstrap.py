@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import atexit
 import os
+import tempfile
 import uuid
 
 os.environ.setdefault("DEBUG", "true")
-os.environ["PORTAL_QUEUE"] = f"portal-test-{uuid.uuid4().hex[:8]}"
+_run = uuid.uuid4().hex[:8]
+os.environ["PORTAL_QUEUE"] = f"portal-test-{_run}"
+# A SQLite test database of this run's own, so two runs on one machine never share one.
+os.environ.setdefault("PORTAL_TEST_DB_NAME", f"{tempfile.gettempdir()}/portal-test-{_run}.sqlite3")
 os.environ.setdefault("PORTAL_CHECKPOINT_SECONDS", "0.2")
 # Short backoff so the fault tests retry in milliseconds, not seconds.
 os.environ.setdefault("PORTAL_RETRY_BASE_SECONDS", "0.05")

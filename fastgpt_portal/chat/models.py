@@ -80,6 +80,9 @@ class Turn(models.Model):
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     flow_responses = models.JSONField(null=True, blank=True)
+    # A workflow that stops to ask the user (userSelect / userInput, fastgpt-api.md §3.4-3.5):
+    # its params; the reply is sent as the next message of the same conversation.
+    interactive = models.JSONField(null=True, blank=True)
     # How many times the user pressed Retry on this turn.
     retries = models.PositiveSmallIntegerField(default=0)
 
@@ -97,6 +100,24 @@ class Turn(models.Model):
     @property
     def is_live(self) -> bool:
         return self.status in (self.Status.QUEUED, self.Status.RUNNING)
+
+    @property
+    def select_options(self) -> list[str]:
+        if not self.interactive or self.interactive.get("type") != "userSelect":
+            return []
+        options = (self.interactive.get("params") or {}).get("userSelectOptions") or []
+        return [str(o.get("value")) for o in options if isinstance(o, dict) and o.get("value")]
+
+    @property
+    def input_form(self) -> list[dict]:
+        if not self.interactive or self.interactive.get("type") != "userInput":
+            return []
+        form = (self.interactive.get("params") or {}).get("inputForm") or []
+        return [f for f in form if isinstance(f, dict) and f.get("key")]
+
+    @property
+    def interactive_description(self) -> str:
+        return str((self.interactive or {}).get("params", {}).get("description") or "")
 
     @property
     def can_retry(self) -> bool:

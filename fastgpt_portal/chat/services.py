@@ -22,6 +22,7 @@ from fastgpt_portal.upstream.client import client_for, usage_from
 from fastgpt_portal.upstream.events import (
     AnswerDelta,
     FlowResponses,
+    Interactive,
     NodeResponse,
     NodeStatus,
     ToolEvent,
@@ -136,6 +137,7 @@ def turn_retry(*, turn: Turn) -> Turn:
         input_tokens=0,
         output_tokens=0,
         flow_responses=None,
+        interactive=None,
     )
     if updated:
         relay.Publisher(turn.pk).reset()
@@ -217,6 +219,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
     reasoning: list[str] = []
     flow: list[dict] = []
     nodes: list[dict] = []
+    interactive: dict | None = None
     got_first = False
     last_checkpoint = time.monotonic()
     checkpoint_every = settings.PORTAL_CHECKPOINT_SECONDS
@@ -247,6 +250,11 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
                 pending.append(("status", f"Using {event.tool.get('toolName') or 'a tool'}…"))
             elif isinstance(event, FlowResponses):
                 flow = event.items
+            elif isinstance(event, Interactive):
+                interactive = {
+                    "type": event.interactive.get("type"),
+                    "params": event.interactive.get("params") or {},
+                }
             elif isinstance(event, NodeResponse):
                 nodes.append(event.item)
             if pending:
@@ -313,6 +321,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         flow_responses=flow or nodes or None,
+        interactive=interactive,
     )
     relay.publish_done(turn_pk)
     log.info(

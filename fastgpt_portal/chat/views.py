@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 
 from django.contrib.auth.decorators import login_required
@@ -62,7 +63,12 @@ def conversation_page(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def send(request: HttpRequest) -> HttpResponse:
-    form = MessageForm(request.POST)
+    data = request.POST.copy()
+    if data.get("input_form"):
+        # A FastGPT form node (userInput) takes its reply as a JSON string (§3.5).
+        fields = {k.removeprefix("field:"): v for k, v in data.items() if k.startswith("field:")}
+        data["text"] = json.dumps(fields, ensure_ascii=False)
+    form = MessageForm(data)
     conversation = None
     error = None
     if not form.is_valid():

@@ -215,3 +215,25 @@ def test_stop_cancels_a_queued_turn_at_once(client, alice, demo_app, fastgpt):
     turn = turn_cancel(turn=turn)
     assert turn.status == Turn.Status.CANCELLED
     assert completions(fastgpt) == []
+
+
+def test_a_user_select_node_offers_its_options_and_the_choice_continues_the_chat(
+    client, alice, demo_app, fastgpt, worker
+):
+    client.force_login(alice)
+    turn = send(client, "Pick one [[select]]", app=demo_app.slug)
+    turn = wait_until(lambda: finished(turn.pk))
+    assert turn.status == Turn.Status.DONE
+    assert turn.select_options == ["The short one", "The long one"]
+    page = client.get(f"/c/{turn.conversation_id}/").text
+    assert ">The short one</button>" in page
+
+    choice = send(client, "The short one", conversation=turn.conversation_id)
+    choice = wait_until(lambda: finished(choice.pk))
+    assert choice.status == Turn.Status.DONE
+    assert "The short one" in choice.answer
+    bodies = [r["json"] for r in completions(fastgpt)]
+    assert bodies[1]["chatId"] == bodies[0]["chatId"]
+    assert bodies[1]["messages"] == [{"role": "user", "content": "The short one"}]
+    page = client.get(f"/c/{turn.conversation_id}/").text
+    assert ">The short one</button>" not in page, "an answered question offers no options"
