@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "fastgpt_portal.accounts",
     "fastgpt_portal.upstream",
     "fastgpt_portal.chat",
+    "fastgpt_portal.usage",
 ]
 
 MIDDLEWARE = [
@@ -87,6 +88,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "django.template.context_processors.csp",
                 "fastgpt_portal.chat.context_processors.portal",
+                "fastgpt_portal.usage.context_processors.quota",
             ],
         },
     },

@@ -88,7 +88,11 @@ class Turn(models.Model):
 
     class Meta:
         ordering = ["pk"]
-        indexes = [models.Index(fields=["status", "queued_at"])]
+        indexes = [
+            models.Index(fields=["status", "queued_at"]),
+            # Quotas count a user's turns by day, month and minute.
+            models.Index(fields=["user", "queued_at"], name="chat_turn_user_queued_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"Turn {self.pk} ({self.status})"

@@ -117,32 +117,38 @@ def turn_retry(*, turn: Turn) -> Turn:
     question that FastGPT may already have run."""
     if not turn.conversation.app.enabled:
         raise ValidationError("This app is switched off.")
-    updated = Turn.objects.filter(pk=turn.pk, status__in=[Status.FAILED, Status.CANCELLED]).update(
-        status=Status.QUEUED,
-        answer="",
-        reasoning="",
-        error="",
-        error_code="",
-        data_id=new_data_id(),
-        attempts=0,
-        retries=F("retries") + 1,
-        queued_at=timezone.now(),
-        started_at=None,
-        first_token_at=None,
-        finished_at=None,
-        sent_at=None,
-        heartbeat_at=None,
-        cancel_requested=False,
-        points=0,
-        input_tokens=0,
-        output_tokens=0,
-        flow_responses=None,
-        interactive=None,
-    )
-    if updated:
-        relay.Publisher(turn.pk).reset()
-        transaction.on_commit(lambda: _enqueue(turn.pk))
-        log.info("turn %s: retry requested by user %s", turn.pk, turn.user_id)
+    identity = identity_for(turn.user)
+    with transaction.atomic():
+        Identity.objects.select_for_update().only("pk").get(pk=identity.pk)
+        # A retry is not a new message of the day, but it counts against the rate, the
+        # points and the answers-at-a-time cap.
+        quota_check(user=turn.user, retry=True)
+        # Points and tokens are kept: they add up what FastGPT charged over every try.
+        updated = Turn.objects.filter(
+            pk=turn.pk, status__in=[Status.FAILED, Status.CANCELLED]
+        ).update(
+            status=Status.QUEUED,
+            answer="",
+            reasoning="",
+            error="",
+            error_code="",
+            data_id=new_data_id(),
+            attempts=0,
+            retries=F("retries") + 1,
+            queued_at=timezone.now(),
+            started_at=None,
+            first_token_at=None,
+            finished_at=None,
+            sent_at=None,
+            heartbeat_at=None,
+            cancel_requested=False,
+            flow_responses=None,
+            interactive=None,
+        )
+        if updated:
+            relay.Publisher(turn.pk).reset()
+            transaction.on_commit(lambda: _enqueue(turn.pk))
+            log.info("turn %s: retry requested by user %s", turn.pk, turn.user_id)
     turn.refresh_from_db()
     return turn
 
@@ -317,9 +323,9 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
         answer=text,
         reasoning="".join(reasoning),
         finished_at=timezone.now(),
-        points=usage.points,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
+        points=F("points") + usage.points,
+        input_tokens=F("input_tokens") + usage.input_tokens,
+        output_tokens=F("output_tokens") + usage.output_tokens,
         flow_responses=flow or nodes or None,
         interactive=interactive,
     )

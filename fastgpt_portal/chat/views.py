@@ -14,7 +14,7 @@ from django.shortcuts import redirect, render
 from django.utils.html import escape
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
-from django_htmx.http import HttpResponseClientRedirect, push_url
+from django_htmx.http import HttpResponseClientRedirect, push_url, retarget
 
 from fastgpt_portal.chat import selectors, services
 from fastgpt_portal.chat.forms import MessageForm
@@ -93,11 +93,7 @@ def send(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             error = " ".join(exc.messages)
     if error:
-        if request.htmx:
-            response = render(request, "chat/chat.html#composer-error", {"error": error})
-            response.status_code = 422
-            return response
-        return HttpResponseBadRequest(escape(error))
+        return _composer_error(request, error)
 
     new_conversation = conversation is None
     url = turn.conversation.get_absolute_url()
@@ -130,8 +126,16 @@ def turn_retry(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         turn = services.turn_retry(turn=turn)
     except ValidationError as exc:
-        return HttpResponseBadRequest(escape(" ".join(exc.messages)))
+        return _composer_error(request, " ".join(exc.messages))
     return _turn_response(request, turn)
+
+
+def _composer_error(request: HttpRequest, error: str) -> HttpResponse:
+    """A refusal the user must see: in the message box's alert region (htmx), or plain 400."""
+    if not request.htmx:
+        return HttpResponseBadRequest(escape(error))
+    response = render(request, "chat/chat.html#composer-error", {"error": error}, status=422)
+    return retarget(response, "#composer-error")
 
 
 def _turn_response(request: HttpRequest, turn: Turn) -> HttpResponse:
