@@ -62,6 +62,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Above the session middleware, so a lost database there is a 503 page too.
+    "fastgpt_portal.lib.middleware.DatabaseUnavailableMiddleware",
+    "fastgpt_portal.lib.middleware.MalformedFormMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -185,6 +188,76 @@ PORTAL_RETRY_ATTEMPTS = envint("PORTAL_RETRY_ATTEMPTS", 4)
 PORTAL_RETRY_BASE_SECONDS = envfloat("PORTAL_RETRY_BASE_SECONDS", 1.0)
 PORTAL_RETRY_MAX_SECONDS = envfloat("PORTAL_RETRY_MAX_SECONDS", 30.0)
 
+# Shared by every web process (login throttling, quotas), so not per-process memory. The
+# prefix is the queue name, which already keeps test runs apart from a portal on the same Redis.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": envstr("PORTAL_QUEUE", "portal"),
+        "OPTIONS": {"socket_connect_timeout": 5, "socket_timeout": 5},
+    }
+}
+
+CELERY_BROKER_URL = REDIS_URL
+# A separate queue name lets test runs and benchmarks share a Redis with a running portal.
+CELERY_TASK_DEFAULT_QUEUE = envstr("PORTAL_QUEUE", "portal")
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stuck-turns": {"task": "chat.sweep_turns", "schedule": 30.0},
+}
+
+# The portal's own knobs.
+PORTAL_CUSTOM_UID = envstr("PORTAL_CUSTOM_UID", "username")
+if PORTAL_CUSTOM_UID not in ("username", "email", "opaque"):
+    raise ImproperlyConfigured("PORTAL_CUSTOM_UID must be username, email or opaque.")
+PORTAL_EMBED_ORIGINS = envlist("PORTAL_EMBED_ORIGINS")
+PORTAL_MAX_QUESTION_CHARS = envint("PORTAL_MAX_QUESTION_CHARS", 20000)
+FASTGPT_TIMEOUT = envfloat("FASTGPT_TIMEOUT", 300.0)
+FASTGPT_CONNECT_TIMEOUT = envfloat("FASTGPT_CONNECT_TIMEOUT", 10.0)
+# How often the worker writes the partial answer to the database, in seconds.
+PORTAL_CHECKPOINT_SECONDS = envfloat("PORTAL_CHECKPOINT_SECONDS", 0.5)
+# A running turn whose worker has said nothing for this long is failed by the sweeper.
+PORTAL_STALE_SECONDS = envint("PORTAL_STALE_SECONDS", 90)
+# A queued turn older than this is re-sent by the sweeper (its message was lost with Redis).
+PORTAL_REQUEUE_SECONDS = envint("PORTAL_REQUEUE_SECONDS", 60)
+PORTAL_STREAM_TTL_SECONDS = envint("PORTAL_STREAM_TTL_SECONDS", 3600)
+# Transient upstream failures (connect errors, proxy 502/503/504, 429) are retried this many
+# times in all, waiting base * 2^n seconds (with jitter, at most max) between tries.
+PORTAL_RETRY_ATTEMPTS = envint("PORTAL_RETRY_ATTEMPTS", 4)
+PORTAL_RETRY_BASE_SECONDS = envfloat("PORTAL_RETRY_BASE_SECONDS", 1.0)
+PORTAL_RETRY_MAX_SECONDS = envfloat("PORTAL_RETRY_MAX_SECONDS", 30.0)
+
+# Security. Content Security Policy without unsafe-inline / unsafe-eval; htmx is configured
+# (static/js/portal.js) so it needs neither.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, "data:"],
+    "connect-src": [CSP.SELF],
+    "frame-ancestors": [CSP.SELF, *PORTAL_EMBED_ORIGINS],
+    "form-action": [CSP.SELF],
+    "base-uri": [CSP.NONE],
+    "object-src": [CSP.NONE],
+}
+# Login throttling (accounts.forms): this many failures per username and client address within
+# the window lock that pair out for the window. PORTAL_PROXY_COUNT: how many reverse proxies
+# append to X-Forwarded-For in front of the portal (0: use the connection's address).
+PORTAL_LOGIN_MAX_FAILURES = envint("PORTAL_LOGIN_MAX_FAILURES", 5)
+PORTAL_LOGIN_WINDOW_SECONDS = envint("PORTAL_LOGIN_WINDOW_SECONDS", 15 * 60)
+PORTAL_PROXY_COUNT = envint("PORTAL_PROXY_COUNT", 0)
+# Hides POST fields and local variables named like secrets (api_key, password…) in error reports.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "fastgpt_portal.lib.middleware.SecretsExceptionReporterFilter"
+
 # Security. Content Security Policy without unsafe-inline / unsafe-eval; htmx is configured
 # (static/js/portal.js) so it needs neither.
 SECURE_CSP = {
@@ -224,5 +297,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        # Its DEBUG lines dump whole template contexts, error reports' exceptions included
+        # (LOG_LEVEL=DEBUG would put an app key from an exception's args into the log).
+        "django.template": {"level": "INFO"},
+    },
 }

@@ -45,6 +45,21 @@ class EncryptedTextField(models.TextField):
             return value
         return encrypt(value)
 
+    def value_to_string(self, obj) -> str:
+        # Exports (dumpdata, serializers) carry the ciphertext, never the plaintext...
+        value = self.value_from_object(obj)
+        return encrypt(value) if value else value
+
+    def to_python(self, value):
+        # ...and loading such an export decrypts it again (get_prep_value re-encrypts on save).
+        # Anything else, such as a key typed into a form, is kept as it is.
+        if isinstance(value, str) and value.startswith("gAAAAA"):
+            try:
+                return decrypt(value)
+            except ValueError:
+                return value
+        return value
+
 
 def mask(secret: str) -> str:
     """fastgpt-…wxyz: enough to tell two keys apart, not enough to use one."""

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from django.views.decorators.debug import sensitive_variables
 
 from fastgpt_portal.upstream.events import (
     AnswerDelta,
@@ -346,6 +347,8 @@ def _transport_error(exc: httpx.HTTPError, *, phase: str, timeout: float) -> Ups
 class FastGPTClient:
     """Speaks to one FastGPT app with one key."""
 
+    # Error reports (technical 500, admin e-mails) show frame locals; these hold the key.
+    @sensitive_variables("api_key")
     def __init__(
         self,
         base_url: str,
@@ -666,6 +669,10 @@ class FastGPTClient:
         assert error is not None
         return CheckResult(False, "unknown", f"The check failed: {error.message}")
 
+    # Every variable, here and in the httpx frames below (headers, the encoded Authorization).
+    # stream_chat is a generator, which this decorator cannot cover (its frames run under the
+    # caller's, not the wrapper's); it runs only in the worker, whose logs hold no frame locals.
+    @sensitive_variables()
     def _probe(self, app_id: str) -> tuple[str, UpstreamError | None]:
         body: dict[str, Any] = {
             "chatId": NO_RECORD_CHAT_ID,
