@@ -61,7 +61,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # WhiteNoise, async-capable: a sync-only middleware costs every ASGI request thread hops.
+    "fastgpt_portal.lib.static.AsyncWhiteNoiseMiddleware",
     # Above the session middleware, so a lost database there is a 503 page too.
     "fastgpt_portal.lib.middleware.DatabaseUnavailableMiddleware",
     "fastgpt_portal.lib.middleware.MalformedFormMiddleware",
@@ -73,6 +74,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last: runs the chain above in one thread instead of a thread hop per middleware (ASGI).
+    "fastgpt_portal.lib.sync_chain.SyncChainMiddleware",
 ]
 
 ROOT_URLCONF = "fastgpt_portal.urls"
@@ -115,6 +118,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and envint("DB_POOL_MAX", 20):
+    # A connection pool per process (psycopg_pool). Under ASGI each request runs in a thread of
+    # its own, and the worker runs a thread per streaming turn: connecting per request costs
+    # milliseconds, and unpooled they would need more connections than PostgreSQL's default 100.
+    # Django requires CONN_MAX_AGE=0 with a pool; DB_POOL_MAX=0 turns the pool off.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": envint("DB_POOL_MAX", 20),
+        "timeout": envfloat("DB_POOL_TIMEOUT", 30.0),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -150,43 +164,6 @@ WHITENOISE_USE_FINDERS = DEBUG
 # Redis: broker and answer streams. Unset means the embedded Redis that `make run` and the
 # tests start (see fastgpt_portal.lib.embedded_redis); they export REDIS_URL for the processes.
 REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-CELERY_BROKER_URL = REDIS_URL
-# A separate queue name lets test runs and benchmarks share a Redis with a running portal.
-CELERY_TASK_DEFAULT_QUEUE = envstr("PORTAL_QUEUE", "portal")
-CELERY_RESULT_BACKEND = None
-CELERY_TASK_IGNORE_RESULT = True
-CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
-CELERY_TASK_SERIALIZER = "json"
-CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_BEAT_SCHEDULE = {
-    "sweep-stuck-turns": {"task": "chat.sweep_turns", "schedule": 30.0},
-}
-
-# The portal's own knobs.
-PORTAL_CUSTOM_UID = envstr("PORTAL_CUSTOM_UID", "username")
-if PORTAL_CUSTOM_UID not in ("username", "email", "opaque"):
-    raise ImproperlyConfigured("PORTAL_CUSTOM_UID must be username, email or opaque.")
-PORTAL_EMBED_ORIGINS = envlist("PORTAL_EMBED_ORIGINS")
-PORTAL_MAX_QUESTION_CHARS = envint("PORTAL_MAX_QUESTION_CHARS", 20000)
-FASTGPT_TIMEOUT = envfloat("FASTGPT_TIMEOUT", 300.0)
-FASTGPT_CONNECT_TIMEOUT = envfloat("FASTGPT_CONNECT_TIMEOUT", 10.0)
-# How often the worker writes the partial answer to the database, in seconds.
-PORTAL_CHECKPOINT_SECONDS = envfloat("PORTAL_CHECKPOINT_SECONDS", 0.5)
-# A running turn whose worker has said nothing for this long is failed by the sweeper.
-PORTAL_STALE_SECONDS = envint("PORTAL_STALE_SECONDS", 90)
-# A queued turn older than this is re-sent by the sweeper (its message was lost with Redis).
-PORTAL_REQUEUE_SECONDS = envint("PORTAL_REQUEUE_SECONDS", 60)
-PORTAL_STREAM_TTL_SECONDS = envint("PORTAL_STREAM_TTL_SECONDS", 3600)
-# Transient upstream failures (connect errors, proxy 502/503/504, 429) are retried this many
-# times in all, waiting base * 2^n seconds (with jitter, at most max) between tries.
-PORTAL_RETRY_ATTEMPTS = envint("PORTAL_RETRY_ATTEMPTS", 4)
-PORTAL_RETRY_BASE_SECONDS = envfloat("PORTAL_RETRY_BASE_SECONDS", 1.0)
-PORTAL_RETRY_MAX_SECONDS = envfloat("PORTAL_RETRY_MAX_SECONDS", 30.0)
 
 # Shared by every web process (login throttling, quotas), so not per-process memory. The
 # prefix is the queue name, which already keeps test runs apart from a portal on the same Redis.
@@ -257,20 +234,6 @@ PORTAL_LOGIN_WINDOW_SECONDS = envint("PORTAL_LOGIN_WINDOW_SECONDS", 15 * 60)
 PORTAL_PROXY_COUNT = envint("PORTAL_PROXY_COUNT", 0)
 # Hides POST fields and local variables named like secrets (api_key, password…) in error reports.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "fastgpt_portal.lib.middleware.SecretsExceptionReporterFilter"
-
-# Security. Content Security Policy without unsafe-inline / unsafe-eval; htmx is configured
-# (static/js/portal.js) so it needs neither.
-SECURE_CSP = {
-    "default-src": [CSP.SELF],
-    "script-src": [CSP.SELF, CSP.NONCE],
-    "style-src": [CSP.SELF],
-    "img-src": [CSP.SELF, "data:"],
-    "connect-src": [CSP.SELF],
-    "frame-ancestors": [CSP.SELF, *PORTAL_EMBED_ORIGINS],
-    "form-action": [CSP.SELF],
-    "base-uri": [CSP.NONE],
-    "object-src": [CSP.NONE],
-}
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"

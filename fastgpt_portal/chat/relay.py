@@ -3,22 +3,38 @@
 Each turn has a capped stream `portal:turn:<pk>` with a TTL. Entries are {"e": event, "d": data};
 events: delta (answer text), reasoning, status (a node's name), done (the turn has finished and
 the database holds the final state). A browser that reconnects resumes after the last id it saw.
+
+Both ends are built for a thousand answers streaming at once through one worker process and one
+web process (bench/RESULTS.md has the measurements):
+
+- Writes: every turn in a worker process hands its events to one writer thread, which sends all
+  that has queued up, for every turn, in one pipelined round trip, merging each turn's adjacent
+  deltas into one entry. A redis-py call per token costs more CPU than everything else per token.
+- Reads: every SSE connection of a web process is served by one blocking XREAD over all the
+  streams they follow (StreamHub), instead of one XREAD and one Redis connection each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
+from collections import deque
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+
+log = logging.getLogger("fastgpt_portal.chat")
 
 STREAM_MAXLEN = 20_000
 
 _sync_client: redis.Redis | None = None
 _sync_lock = threading.Lock()
 _async_clients: dict[int, aioredis.Redis] = {}
+
+Entry = tuple[str, dict[str, str]]  # (stream id, fields)
 
 
 def stream_key(turn_pk: int) -> str:
@@ -50,8 +66,6 @@ def async_redis() -> aioredis.Redis:
     loop_id = id(asyncio.get_running_loop())
     client = _async_clients.get(loop_id)
     if client is None:
-        # A blocking XREAD waits up to 15 s, so the socket timeout must be longer than that,
-        # and the pool must not cap at redis-py's default of 100 connections.
         client = aioredis.Redis.from_url(
             settings.REDIS_URL,
             decode_responses=True,
@@ -63,23 +77,114 @@ def async_redis() -> aioredis.Redis:
     return client
 
 
+# ---------------------------------------------------------------------------- writing
+
+
+class _Writer:
+    """One thread per process that writes every turn's queued events in one round trip.
+
+    publish() only appends to a queue, so a turn's thread goes straight back to reading
+    FastGPT; while the writer waits for Redis, the next events of all turns pile up and go out
+    together. Events keep their order per stream. A failed write is raised to the turn at its
+    next publish (or flush), as a direct write would have been.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[str, list[tuple[str, str]]]] = deque()
+        self._errors: dict[str, Exception] = {}
+        self._sent = 0  # batches written, for flush()
+        self._taken = 0
+        self._thread: threading.Thread | None = None
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="relay-writer", daemon=True)
+            self._thread.start()
+
+    def submit(self, key: str, entries: list[tuple[str, str]]) -> int:
+        """Queue entries for `key`; returns a ticket that flush() can wait for."""
+        with self._cond:
+            error = self._errors.pop(key, None)
+            if error is not None:
+                raise error
+            self._ensure_thread()
+            self._queue.append((key, entries))
+            self._cond.notify()
+            return self._taken + len(self._queue)
+
+    def flush(self, ticket: int, key: str, timeout: float = 10.0) -> None:
+        """Wait until everything up to `ticket` is written; raise the write's error, if any."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._sent < ticket:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise redis.TimeoutError("the relay writer did not write in time")
+                self._cond.wait(left)
+            error = self._errors.pop(key, None)
+        if error is not None:
+            raise error
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                batch = list(self._queue)
+                self._queue.clear()
+                self._taken += len(batch)
+            try:
+                self._write(batch)
+            except Exception as exc:
+                log.warning("relay: writing %d event batches to Redis failed: %s", len(batch), exc)
+                with self._cond:
+                    for key, _ in batch:
+                        self._errors[key] = exc
+            with self._cond:
+                self._sent += len(batch)
+                self._cond.notify_all()
+
+    @staticmethod
+    def _write(batch: list[tuple[str, list[tuple[str, str]]]]) -> None:
+        by_key: dict[str, list[tuple[str, str]]] = {}
+        for key, entries in batch:
+            merged = by_key.setdefault(key, [])
+            for event, data in entries:
+                if event == "delta" and merged and merged[-1][0] == "delta":
+                    # Deltas that queued up together reach the browser together anyway.
+                    merged[-1] = ("delta", merged[-1][1] + data)
+                else:
+                    merged.append((event, data))
+        pipe = sync_redis().pipeline(transaction=False)
+        ttl = settings.PORTAL_STREAM_TTL_SECONDS
+        for key, entries in by_key.items():
+            for event, data in entries:
+                pipe.xadd(key, {"e": event, "d": data}, maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.expire(key, ttl)
+        pipe.execute()
+
+
+_writer = _Writer()
+
+
 class Publisher:
-    """Writes one turn's events; pipelines the XADD with the TTL refresh (one round trip)."""
+    """Writes one turn's events, through the process's writer (see _Writer)."""
 
     def __init__(self, turn_pk: int, client: redis.Redis | None = None) -> None:
         self.key = stream_key(turn_pk)
         self.turn_pk = turn_pk
         self.client = client or sync_redis()
-        self.ttl = settings.PORTAL_STREAM_TTL_SECONDS
+        self._ticket = 0
 
     def publish(self, entries: list[tuple[str, str]]) -> None:
-        if not entries:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for event, data in entries:
-            pipe.xadd(self.key, {"e": event, "d": data}, maxlen=STREAM_MAXLEN, approximate=True)
-        pipe.expire(self.key, self.ttl)
-        pipe.execute()
+        if entries:
+            self._ticket = _writer.submit(self.key, entries)
+
+    def flush(self) -> None:
+        """Block until this turn's events so far are in Redis."""
+        if self._ticket:
+            _writer.flush(self._ticket, self.key)
 
     def cancel_requested(self) -> bool:
         return bool(self.client.exists(cancel_key(self.turn_pk)))
@@ -89,9 +194,195 @@ class Publisher:
         self.client.delete(self.key, cancel_key(self.turn_pk))
 
 
+def forget_stream(turn_pk: int) -> None:
+    """Make sure a new turn's stream starts empty.
+
+    After a database restore, or with a test database, a new turn's pk can name a stream that a
+    forgotten turn left in Redis (streams live PORTAL_STREAM_TTL_SECONDS); a browser would
+    replay that turn's answer. If Redis is down the turn cannot stream anyway: log and go on.
+    """
+    try:
+        sync_redis().delete(stream_key(turn_pk), cancel_key(turn_pk))
+    except redis.RedisError as exc:
+        log.warning("turn %s: could not clear its answer stream: %s", turn_pk, exc)
+
+
 def request_cancel(turn_pk: int) -> None:
     sync_redis().set(cancel_key(turn_pk), "1", ex=settings.PORTAL_STREAM_TTL_SECONDS)
 
 
 def publish_done(turn_pk: int) -> None:
-    Publisher(turn_pk).publish([("done", "")])
+    """The last event, written before returning: the database already holds the final state."""
+    publisher = Publisher(turn_pk)
+    publisher.publish([("done", "")])
+    publisher.flush()
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Subscription:
+    """One SSE connection's view of one stream: entries after `cursor`, in order, once."""
+
+    def __init__(self, hub: StreamHub, key: str, cursor: str) -> None:
+        self.hub = hub
+        self.key = key
+        self.cursor = _id_tuple(cursor)
+        self._pending: list[Entry] = []
+        self._ready = asyncio.Event()
+        self._stash: list[Entry] | None = None  # while catching up: hub entries held back
+
+    def _push(self, entries: list[Entry]) -> None:
+        if self._stash is not None:
+            self._stash.extend(entries)
+            return
+        self._pending.extend(entries)
+        self._ready.set()
+
+    async def get(self, wait: float) -> list[Entry]:
+        """The entries that arrived since the last call; [] after `wait` seconds of quiet."""
+        if not self._pending:
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), wait)
+            except TimeoutError:
+                return []
+        entries, self._pending = self._pending, []
+        fresh = []
+        for entry in entries:
+            ident = _id_tuple(entry[0])
+            if ident > self.cursor:  # the hub may hand over what a catch-up read already had
+                self.cursor = ident
+                fresh.append(entry)
+        return fresh
+
+    def close(self) -> None:
+        self.hub._unsubscribe(self)
+
+
+class StreamHub:
+    """Follows many streams with one blocking XREAD on a connection of its own.
+
+    Each SSE connection subscribes to its turn's stream; the hub reads every followed stream
+    from the furthest point it has delivered and hands the entries to the subscribers. A new
+    stream interrupts the blocking read (CLIENT UNBLOCK), so it is read at once. One hub per
+    event loop: redis.asyncio connections belong to the loop that made them.
+    """
+
+    BLOCK_MS = 10_000
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[Subscription]] = {}
+        self._cursors: dict[str, str] = {}
+        self._reader: aioredis.Redis | None = None
+        self._reader_id: int | None = None
+        self._task: asyncio.Task | None = None
+        self._blocked = False
+        self._generation = 0  # one per XREAD sent
+        self._unblocking = -1  # the generation a CLIENT UNBLOCK was sent for
+
+    async def subscribe(self, key: str, cursor: str) -> Subscription:
+        sub = Subscription(self, key, cursor)
+        followers = self._subs.get(key)
+        if not followers:
+            self._subs[key] = {sub}
+            self._cursors[key] = cursor
+            await self._kick()
+            return sub
+        # The hub already follows this stream from further on: read the gap first, holding
+        # back what the hub delivers meanwhile, so entries stay in order.
+        sub._stash = []
+        followers.add(sub)
+        try:
+            gap = await async_redis().xrange(key, min=f"({cursor}" if cursor != "0-0" else "-")
+        except BaseException:
+            self._unsubscribe(sub)
+            raise
+        stash, sub._stash = sub._stash, None
+        sub._push(gap + stash)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        followers = self._subs.get(sub.key)
+        if followers is not None:
+            followers.discard(sub)
+            if not followers:
+                del self._subs[sub.key]
+                self._cursors.pop(sub.key, None)
+
+    async def _kick(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-hub")
+        elif self._blocked and self._unblocking != self._generation:
+            # The running XREAD does not name the new stream: end it now, so the new stream's
+            # first entries are not held up until some other stream has news. The UNBLOCK can
+            # overtake an XREAD still on its way to Redis; then it finds nothing to unblock and
+            # is sent again.
+            generation = self._unblocking = self._generation
+            try:
+                for _ in range(50):
+                    done = await async_redis().execute_command("CLIENT", "UNBLOCK", self._reader_id)
+                    if done or not self._blocked or self._generation != generation:
+                        break
+                    await asyncio.sleep(0.001)
+            except Exception:
+                log.warning("stream hub: CLIENT UNBLOCK failed", exc_info=True)
+
+    async def _connect(self) -> None:
+        # No socket timeout shorter than the block, and a connection of its own for the read.
+        self._reader = aioredis.Redis.from_url(
+            settings.REDIS_URL,
+            decode_responses=True,
+            single_connection_client=True,
+            socket_timeout=self.BLOCK_MS / 1000 + 20,
+            socket_connect_timeout=5,
+        )
+        self._reader_id = int(await self._reader.client_id())
+
+    async def _run(self) -> None:
+        while self._subs:
+            try:
+                if self._reader is None:
+                    await self._connect()
+                assert self._reader is not None
+                streams = dict(self._cursors)
+                self._generation += 1
+                self._blocked = True
+                try:
+                    response = await self._reader.xread(streams, block=self.BLOCK_MS)
+                finally:
+                    self._blocked = False
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("stream hub: reading the answer streams failed; retrying")
+                if self._reader is not None:
+                    try:
+                        await self._reader.aclose()
+                    except Exception:
+                        log.debug("stream hub: closing the reader failed", exc_info=True)
+                self._reader = None
+                await asyncio.sleep(0.5)
+                continue
+            for key, entries in response or []:
+                if not entries or key not in self._subs:
+                    continue
+                self._cursors[key] = entries[-1][0]
+                for sub in list(self._subs.get(key, ())):
+                    sub._push(entries)
+
+
+_hubs: dict[int, StreamHub] = {}
+
+
+def stream_hub() -> StreamHub:
+    loop_id = id(asyncio.get_running_loop())
+    hub = _hubs.get(loop_id)
+    if hub is None:
+        hub = _hubs[loop_id] = StreamHub()
+    return hub

@@ -7,16 +7,18 @@ import random
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from fastgpt_portal.accounts.models import Identity, User
 from fastgpt_portal.accounts.services import identity_for
 from fastgpt_portal.chat import relay
+from fastgpt_portal.chat.checkpoints import checkpoints
 from fastgpt_portal.chat.models import Conversation, Turn, new_data_id
 from fastgpt_portal.upstream.client import client_for, usage_from
 from fastgpt_portal.upstream.events import (
@@ -87,7 +89,7 @@ def turn_submit(
             conversation = Conversation.objects.create(user=user, app=app, title=_title_from(text))
         turn = Turn.objects.create(conversation=conversation, user=user, question=text)
         Conversation.objects.filter(pk=conversation.pk).update(updated=timezone.now())
-        transaction.on_commit(lambda: _enqueue(turn.pk))
+        transaction.on_commit(lambda: (relay.forget_stream(turn.pk), _enqueue(turn.pk)))
     turn.conversation = conversation
     log.info("turn %s queued: user=%s app=%s", turn.pk, user.pk, app.slug)
     return turn
@@ -175,7 +177,14 @@ class RunOutcome:
     retry_in: float | None = None
 
 
-def _fail(turn_pk: int, error: UpstreamError | str, *, answer: str | None = None) -> None:
+def _fail(
+    turn_pk: int,
+    error: UpstreamError | str,
+    *,
+    answer: str | None = None,
+    first_token_at: datetime | None = None,
+) -> None:
+    checkpoints.discard(turn_pk)
     message = error.message if isinstance(error, UpstreamError) else error
     code = str(error.code or "") if isinstance(error, UpstreamError) else ""
     fields = {
@@ -186,6 +195,8 @@ def _fail(turn_pk: int, error: UpstreamError | str, *, answer: str | None = None
     }
     if answer is not None:
         fields["answer"] = answer
+    if first_token_at is not None:
+        fields["first_token_at"] = first_token_at
     Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(**fields)
     relay.publish_done(turn_pk)
 
@@ -227,9 +238,15 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
     nodes: list[dict] = []
     interactive: dict | None = None
     got_first = False
+    first_token_at: datetime | None = None
     last_checkpoint = time.monotonic()
     checkpoint_every = settings.PORTAL_CHECKPOINT_SECONDS
     Turn.objects.filter(pk=turn_pk).update(sent_at=timezone.now())
+    if not connection.in_atomic_block:
+        # An answer streams for seconds or minutes: give the database connection back
+        # meanwhile (checkpoints go through one writer thread), so a thousand streaming turns
+        # do not hold a thousand connections.
+        connection.close()
     stream = client_for(app).stream_chat(
         chat_id=turn.conversation.chat_id,
         custom_uid=identity.custom_uid,
@@ -249,7 +266,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
                 if not got_first and (event.text or event.reasoning):
                     got_first = True
                     pending.insert(0, ("status", ""))  # the answer itself now shows progress
-                    Turn.objects.filter(pk=turn_pk).update(first_token_at=timezone.now())
+                    first_token_at = timezone.now()  # written with the next checkpoint
             elif isinstance(event, NodeStatus):
                 pending.append(("status", event.name))
             elif isinstance(event, ToolEvent) and event.kind == "toolCall":
@@ -269,14 +286,17 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
             if time.monotonic() - last_checkpoint >= checkpoint_every:
                 last_checkpoint = time.monotonic()
                 # Checkpoint, so a lost worker loses well under a second of answer.
-                Turn.objects.filter(pk=turn_pk).update(
+                checkpoints.note(
+                    turn_pk,
                     answer="".join(answer),
                     reasoning="".join(reasoning),
-                    heartbeat_at=timezone.now(),
+                    first_token_at=first_token_at,
                 )
                 if publisher.cancel_requested():
                     stream.close()  # v1: closing the connection stops the workflow upstream
+                    checkpoints.discard(turn_pk)
                     Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
+                        first_token_at=first_token_at,
                         status=Status.CANCELLED,
                         answer="".join(answer),
                         reasoning="".join(reasoning),
@@ -294,6 +314,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
             # FastGPT never ran it: put it back and try again with backoff and jitter.
             delay = exc.retry_after or settings.PORTAL_RETRY_BASE_SECONDS * 2 ** (turn.attempts - 1)
             delay = min(delay, settings.PORTAL_RETRY_MAX_SECONDS) * random.uniform(0.8, 1.2)
+            checkpoints.discard(turn_pk)
             Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
                 status=Status.QUEUED, sent_at=None
             )
@@ -308,18 +329,25 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
             "turn %s failed after %s attempt(s): app=%s code=%s: %s",
             turn_pk, turn.attempts, app.slug, exc.code, exc.message,
         )  # fmt: skip
-        _fail(turn_pk, exc, answer=text)
+        _fail(turn_pk, exc, answer=text, first_token_at=first_token_at)
         return RunOutcome(status=Status.FAILED)
     except Exception:
         log.exception("turn %s: unexpected error", turn_pk)
-        _fail(turn_pk, "Something went wrong in the portal; press Retry.", answer="".join(answer))
+        _fail(
+            turn_pk,
+            "Something went wrong in the portal; press Retry.",
+            answer="".join(answer),
+            first_token_at=first_token_at,
+        )
         return RunOutcome(status=Status.FAILED)
 
     usage = usage_from(flow or nodes)
     text = "".join(answer)
+    checkpoints.discard(turn_pk)
     _mark_app_health(app, None)
     Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
         status=Status.DONE,
+        first_token_at=first_token_at,
         answer=text,
         reasoning="".join(reasoning),
         finished_at=timezone.now(),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 
 from asgiref.sync import sync_to_async
+from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.loader import render_to_string
 from django.utils.html import escape
@@ -19,6 +19,16 @@ from fastgpt_portal.lib import sse
 _STREAM_ID = re.compile(r"(?:0|[1-9]\d{0,18})-(?:0|[1-9]\d{0,18})")
 
 log = logging.getLogger("fastgpt_portal.chat")
+
+
+def _release_connection() -> None:
+    # Django closes a request's database connection when its response ends, and an answer
+    # stream lasts seconds to minutes: give it back (to the pool) while waiting, or a thousand
+    # open streams hold a thousand connections (PostgreSQL's default limit is 100).
+    connection.close()
+
+
+release_connection = sync_to_async(_release_connection)
 
 
 def _render_turn(turn: Turn) -> str:
@@ -38,8 +48,8 @@ async def turn_events(request: HttpRequest, pk: int) -> HttpResponse:
         raise Http404("No such turn.")
     last_id = request.headers.get("Last-Event-ID") or "0-0"
     if last_id != "done" and not _STREAM_ID.fullmatch(last_id):
-        # The browser echoes our ids; anything else is forged, and an invalid id in an XREAD
-        # would end (or, with a shared XREAD, stall) the stream (tests/test_bad_input.py).
+        # The browser echoes our ids; anything else is forged, and one invalid id in the shared
+        # XREAD would stall every answer stream in this process (tests/test_bad_input.py).
         last_id = "0-0"
 
     async def finished_frame() -> bytes:
@@ -51,48 +61,52 @@ async def turn_events(request: HttpRequest, pk: int) -> HttpResponse:
         if turn.is_finished or last_id == "done":
             yield await finished_frame()
             return
-        client = relay.async_redis()
-        key = relay.stream_key(pk)
-        cursor = last_id
-        yield sse.frame("", event="open", retry=2000)
-        while True:
-            try:
-                response = await client.xread({key: cursor}, block=KEEPALIVE_MS, count=500)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("turn %s: reading the answer stream failed", pk)
-                await asyncio.sleep(1)
-                response = None
-            if not response:
-                # Quiet for a while: make sure the turn has not finished without us noticing
-                # (its stream may have expired), and keep proxies from closing the connection.
-                status = await Turn.objects.filter(pk=pk).values_list("status", flat=True).afirst()
-                if status in Turn.FINISHED:
-                    yield await finished_frame()
-                    return
-                yield sse.comment("keep-alive")
-                continue
-            chunks: list[bytes] = []
-            deltas: list[str] = []
-            for entry_id, fields in response[0][1]:
-                cursor = entry_id
-                event = fields.get("e")
-                if event == "delta":
-                    deltas.append(fields.get("d", ""))
+        # One blocking XREAD per web process serves every open stream (relay.StreamHub): a
+        # connection each would need a Redis connection and a round trip per event per browser.
+        subscription = await relay.stream_hub().subscribe(relay.stream_key(pk), last_id)
+        await release_connection()
+        try:
+            yield sse.frame("", event="open", retry=2000)
+            while True:
+                entries = await subscription.get(KEEPALIVE_MS / 1000)
+                if not entries:
+                    # Quiet for a while: make sure the turn has not finished without us
+                    # noticing (its stream may have expired), and keep proxies from closing
+                    # the connection.
+                    status = (
+                        await Turn.objects.filter(pk=pk).values_list("status", flat=True).afirst()
+                    )
+                    if status in Turn.FINISHED:
+                        yield await finished_frame()
+                        return
+                    await release_connection()
+                    yield sse.comment("keep-alive")
                     continue
+                chunks: list[bytes] = []
+                deltas: list[str] = []
+                cursor = last_id
+                for entry_id, fields in entries:
+                    cursor = entry_id
+                    event = fields.get("e")
+                    if event == "delta":
+                        deltas.append(fields.get("d", ""))
+                        continue
+                    if deltas:
+                        chunks.append(
+                            sse.frame(escape("".join(deltas)), event="delta", id=entry_id)
+                        )
+                        deltas = []
+                    if event == "done":
+                        if chunks:
+                            yield b"".join(chunks)
+                        yield await finished_frame()
+                        return
+                    chunks.append(sse.frame(escape(fields.get("d", "")), event=event, id=entry_id))
                 if deltas:
-                    chunks.append(sse.frame(escape("".join(deltas)), event="delta", id=entry_id))
-                    deltas = []
-                if event == "done":
-                    if chunks:
-                        yield b"".join(chunks)
-                    yield await finished_frame()
-                    return
-                chunks.append(sse.frame(escape(fields.get("d", "")), event=event, id=entry_id))
-            if deltas:
-                chunks.append(sse.frame(escape("".join(deltas)), event="delta", id=cursor))
-            yield b"".join(chunks)
+                    chunks.append(sse.frame(escape("".join(deltas)), event="delta", id=cursor))
+                yield b"".join(chunks)
+        finally:
+            subscription.close()
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache, no-transform"
