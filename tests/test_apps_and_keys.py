@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from cryptography.fernet import Fernet
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
@@ -115,3 +116,21 @@ def test_list_masks_keys():
     make_app()
     out = run_portal_app("list")
     assert "helpdesk" in out and SECRET not in out
+
+
+def test_listing_apps_decrypts_no_key(settings):
+    make_app()
+    settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]  # the stored key is lost
+    app = App.objects.get()
+    assert app.name == "Helpdesk", "an app whose key is never read needs no decryption"
+    with pytest.raises(ValueError, match="cannot be decrypted"):
+        app.api_key  # noqa: B018
+
+
+@pytest.mark.parametrize("bad", ["fastgpt-abc def", "fastgpt-abcé", "fastgpt-abc\tdef"])
+def test_add_refuses_a_key_that_cannot_travel_in_a_header(bad):
+    with pytest.raises(CommandError, match="printable ASCII"):
+        run_portal_app(
+            "add", "--name", "X", "--base-url", "http://127.0.0.1:9", "--no-check", stdin=bad
+        )
+    assert not App.objects.exists()

@@ -79,16 +79,19 @@ def turn_submit(
         app = conversation.app
         if not app.enabled:
             raise ValidationError(f"{app.name} is switched off; start a new chat with another app.")
-    identity = identity_for(user)  # made now, so a first message never waits on it later
     with transaction.atomic():
         # Lock the user's identity row: one user's submits are checked against the quota one
-        # at a time, so two tabs cannot both slip under a limit.
-        Identity.objects.select_for_update().only("pk").get(pk=identity.pk)
+        # at a time, so two tabs cannot both slip under a limit. The identity is made on first
+        # use, so a first message never waits on it in the worker.
+        if not Identity.objects.select_for_update().filter(user_id=user.pk).values("pk"):
+            identity = identity_for(user)
+            Identity.objects.select_for_update().only("pk").get(pk=identity.pk)
         quota_check(user=user)
         if conversation is None:
             conversation = Conversation.objects.create(user=user, app=app, title=_title_from(text))
+        else:
+            Conversation.objects.filter(pk=conversation.pk).update(updated=timezone.now())
         turn = Turn.objects.create(conversation=conversation, user=user, question=text)
-        Conversation.objects.filter(pk=conversation.pk).update(updated=timezone.now())
         transaction.on_commit(lambda: (relay.forget_stream(turn.pk), _enqueue(turn.pk)))
     turn.conversation = conversation
     log.info("turn %s queued: user=%s app=%s", turn.pk, user.pk, app.slug)
@@ -226,7 +229,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
     )
     if not claimed:
         return RunOutcome(status="skipped")
-    turn = Turn.objects.select_related("conversation__app", "user").get(pk=turn_pk)
+    turn = Turn.objects.select_related("conversation__app", "user__identity").get(pk=turn_pk)
     app = turn.conversation.app
     identity = identity_for(turn.user)
     publisher = relay.Publisher(turn_pk)
@@ -257,6 +260,9 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
         pending: list[tuple[str, str]] = []
         for event in stream:
             if isinstance(event, AnswerDelta):
+                if "\x00" in event.text:
+                    # PostgreSQL cannot store NUL, and no answer needs one.
+                    event = AnswerDelta(event.text.replace("\x00", ""), event.reasoning, event.fast)
                 if event.text:
                     answer.append(event.text)
                     pending.append(("delta", event.text))

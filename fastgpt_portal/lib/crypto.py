@@ -5,6 +5,7 @@ from __future__ import annotations
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.db import models
+from django.db.models.query_utils import DeferredAttribute
 
 
 def _fernet() -> MultiFernet:
@@ -28,18 +29,49 @@ def rotate(token: str) -> str:
     return _fernet().rotate(token.encode()).decode()
 
 
+class _Ciphertext:
+    """A value read from the database, decrypted only when the attribute is read."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+
+class _DecryptOnRead(DeferredAttribute):
+    # A data descriptor (it has __set__), so reads come here even once the value is in the
+    # instance's __dict__.
+    def __set__(self, instance, value) -> None:
+        instance.__dict__[self.field.attname] = value
+
+    def __get__(self, instance, cls=None):
+        if instance is None:
+            return self
+        value = super().__get__(instance, cls)
+        if isinstance(value, _Ciphertext):
+            value = decrypt(value.token)
+            instance.__dict__[self.field.attname] = value
+        return value
+
+
 class EncryptedTextField(models.TextField):
     """Stores Fernet ciphertext; Python code sees plaintext.
 
-    The plaintext never reaches forms, templates or repr: models expose a masked form instead.
+    Decryption waits until the attribute is read, so listing conversations with their apps
+    costs no cryptography. The plaintext never reaches forms, templates or repr: models expose
+    a masked form instead.
     """
+
+    descriptor_class = _DecryptOnRead
 
     def from_db_value(self, value, expression, connection):  # noqa: ARG002
         if value is None or value == "":
             return value
-        return decrypt(value)
+        return _Ciphertext(value)
 
     def get_prep_value(self, value):
+        if isinstance(value, _Ciphertext):
+            return value.token  # read and saved again unchanged: no need to re-encrypt
         value = super().get_prep_value(value)
         if value is None or value == "":
             return value

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import models
 from django.utils.text import slugify
 
 from fastgpt_portal.lib.crypto import EncryptedTextField, mask
+
+
+def validate_api_key(value: str) -> None:
+    """A key travels in an HTTP header: printable ASCII, no spaces (fastgpt-api.md §1.1)."""
+    if not value or any(not (33 <= ord(ch) <= 126) for ch in value):
+        # Never echo the value: it is the secret.
+        raise ValidationError("The key must be printable ASCII without spaces (fastgpt-…).")
 
 
 class AppQuerySet(models.QuerySet["App"]):
@@ -23,7 +31,8 @@ class App(models.Model):
         help_text="FastGPT's API root, e.g. https://fastgpt.example.org/api",
     )
     api_key = EncryptedTextField(
-        help_text="An app key (fastgpt-…), or a global key together with the App ID."
+        validators=[validate_api_key],
+        help_text="An app key (fastgpt-…), or a global key together with the App ID.",
     )
     fastgpt_app_id = models.CharField(
         "FastGPT app ID",

@@ -26,6 +26,17 @@
     }
   }
 
+  // What a failed send means for the user; the message always stays in the box.
+  function failureMessage(status) {
+    var keep = " Your message is still in the box.";
+    if (status === 403) return "This page is out of date or your session has ended: reload the page." + keep;
+    if (status === 503) return "The portal's database is unavailable right now; nothing was saved. Try again in a minute." + keep;
+    if (status === 429) return "Too many requests; wait a moment and try again." + keep;
+    if (status === 400) return "The portal could not read that message." + keep;
+    if (status >= 500) return "The portal hit an error; nothing was sent. Try again." + keep;
+    return "The portal could not be reached. Try again." + keep;
+  }
+
   // A sent message is cleared from the box only once the portal has stored it.
   document.addEventListener("htmx:afterRequest", function (event) {
     var form = composer();
@@ -38,8 +49,8 @@
       scrollToEnd();
     } else if (!event.detail.successful) {
       var box = document.getElementById("composer-error");
-      if (box && !box.textContent.trim()) {
-        box.textContent = "The portal could not be reached; your message is still in the box. Try again.";
+      if (box) {
+        box.textContent = failureMessage(xhr ? xhr.status : 0);
       }
     }
   });

@@ -237,3 +237,22 @@ def test_a_user_select_node_offers_its_options_and_the_choice_continues_the_chat
     assert bodies[1]["messages"] == [{"role": "user", "content": "The short one"}]
     page = client.get(f"/c/{turn.conversation_id}/").text
     assert ">The short one</button>" not in page, "an answered question offers no options"
+
+
+def test_a_nul_character_in_an_answer_is_dropped_not_fatal(alice, demo_app, fastgpt, worker):
+    from fastgpt_portal.chat.services import turn_submit
+
+    chunk = (
+        'event: answer\ndata: {"id":"","object":"","created":0,"model":"","choices":[{"delta":'
+        '{"role":"assistant","content":%s},"index":0,"finish_reason":%s}]}\n\n'
+    )
+    frames = (
+        chunk % ('"a\\u0000b"', "null")
+        + chunk % ("null", '"stop"')
+        + "event: answer\ndata: [DONE]\n\n"
+    )
+    fastgpt.inject("raw", bytes=frames, headers={"content-type": "text/event-stream"})
+    turn = turn_submit(user=alice, text="Say a NUL", app=demo_app)
+    turn = wait_until(lambda: finished(turn.pk))
+    assert turn.status == Turn.Status.DONE, turn.error
+    assert turn.answer == "ab"

@@ -234,8 +234,7 @@ def test_an_unhandled_error_in_the_admin_shows_a_plain_500_and_mails_no_key(
     admin_user, settings, capture_all_logs
 ):
     # The admin's "check" action with a key httpx cannot send: an unhandled exception, for real.
-    # (Today nothing validates a key's characters, so this crashes; once something does, this
-    # test needs another real crash that has the key in its frames.)
+    # (The admin and portal_app refuse such a key; stored behind their back, it still crashes.)
     settings.DEBUG = False
     settings.ADMINS = ["ops@example.org"]
     odd_key = KEY + "é"
