@@ -94,16 +94,14 @@ def worker(django_db_setup, django_db_blocker, tmp_path_factory):
         proc.kill()
 
 
-@pytest.fixture(scope="session")
-def portal_server(django_db_setup, django_db_blocker, tmp_path_factory):
-    """The portal under uvicorn (ASGI), as `make run` serves it."""
+def start_web_server(env: dict[str, str], log: Path, ready_path: str = "/accounts/login/"):
+    """The portal under uvicorn (ASGI) as a process, once `ready_path` answers 200."""
     port = free_port()
-    log = tmp_path_factory.mktemp("web") / "web.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "fastgpt_portal.asgi:application", "--host",
              "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env=_child_env(), stdout=out, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
@@ -111,19 +109,53 @@ def portal_server(django_db_setup, django_db_blocker, tmp_path_factory):
         if proc.poll() is not None:
             raise AssertionError(f"the web server exited:\n{log.read_text()[-3000:]}")
         try:
-            return httpx.get(url + "/accounts/login/", timeout=1).status_code == 200
+            return httpx.get(url + ready_path, timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
     wait_until(up, timeout=30, interval=0.2, message="the web server did not start")
     proc.url = url
     proc.log_path = log
-    yield proc
-    proc.terminate()
+    return proc
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def portal_server(django_db_setup, django_db_blocker, tmp_path_factory):
+    """The portal under uvicorn (ASGI), as `make run` serves it."""
+    proc = start_web_server(_child_env(), tmp_path_factory.mktemp("web") / "web.log")
+    yield proc
+    stop_process(proc)
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # Without these Chromium keeps calling out to the network this machine does not have.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def launch_chromium(playwright):
+    """Debian's Chromium (never a downloaded browser), headless."""
+    import shutil
+
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(path):
+        pytest.fail("Debian's chromium is needed for the browser tests: `make browser` installs it")
+    return playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
 
 
 @pytest.fixture

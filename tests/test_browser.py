@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
 from fastgpt_portal.chat.models import Turn
-from tests.conftest import wait_until
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from tests.conftest import launch_chromium, wait_until
 
 pytestmark = [
     pytest.mark.browser,
@@ -21,26 +18,13 @@ pytestmark = [
 
 @pytest.fixture
 def page(tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Debian's chromium is needed for the browser tests: `make browser` installs it")
     # Playwright's sync API runs an event loop in this thread; the ORM calls in the test are
     # still plain synchronous code.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = launch_chromium(p)
         context = browser.new_context()
         page = context.new_page()
         errors: list[str] = []

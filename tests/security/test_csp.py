@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 
 import pytest
 
 from fastgpt_portal.chat.models import Conversation, Turn
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from tests.conftest import launch_chromium
 
 
 def directives(response) -> dict[str, list[str]]:
@@ -102,17 +100,11 @@ document.addEventListener('securitypolicyviolation', function (e) {
 
 @pytest.fixture
 def page(tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Debian's chromium is needed for the browser tests: `make browser` installs it")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
-                  "--disable-background-networking", "--disable-component-update"],
-        )  # fmt: skip
+        browser = launch_chromium(p)
         context = browser.new_context()
         context.add_init_script(COLLECT_VIOLATIONS)
         page = context.new_page()

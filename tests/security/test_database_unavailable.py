@@ -7,8 +7,6 @@ PostgreSQL listens. Then, in this process, a database that fails in the middle o
 from __future__ import annotations
 
 import secrets
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -16,8 +14,7 @@ from django.db import OperationalError, connection
 from django.test import Client
 
 from fastgpt_portal.chat.models import Conversation, Turn
-from fastgpt_portal.lib.embedded_redis import free_port
-from tests.conftest import ROOT, wait_until
+from tests.conftest import start_web_server, stop_process, wait_until
 
 MESSAGE = (
     "The portal's database is unavailable right now. Nothing was saved; try again in a minute."
@@ -28,7 +25,6 @@ MESSAGE = (
 def portal_without_database(tmp_path_factory):
     import os
 
-    port = free_port()
     log = tmp_path_factory.mktemp("nodb") / "web.log"
     env = {
         **os.environ,
@@ -39,32 +35,10 @@ def portal_without_database(tmp_path_factory):
         "DB_POOL_TIMEOUT": "2",
         "PYTHONUNBUFFERED": "1",
     }
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "fastgpt_portal.asgi:application", "--host",
-             "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-
-    def up():
-        if proc.poll() is not None:
-            raise AssertionError(f"the web server exited:\n{log.read_text()[-3000:]}")
-        try:
-            # A static file: the only kind of answer that needs no database.
-            return httpx.get(url + "/static/css/portal.css", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, timeout=30, interval=0.2, message="the web server did not start")
-    proc.url = url
-    proc.log_path = log
+    # A static file: the only kind of answer that needs no database.
+    proc = start_web_server(env, log, ready_path="/static/css/portal.css")
     yield proc
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process(proc)
 
 
 @pytest.fixture
