@@ -254,6 +254,29 @@ if not DEBUG:
     # /healthz is probed over plain HTTP inside the cluster.
     SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 
+# Error reports and other mail. SMTP in production; printed to the console in DEBUG.
+MAILERS = {
+    "default": {
+        "BACKEND": envstr(
+            "EMAIL_BACKEND",
+            "django.core.mail.backends.console.EmailBackend"
+            if DEBUG
+            else "django.core.mail.backends.smtp.EmailBackend",
+        ),
+        "OPTIONS": {}
+        if DEBUG and not envstr("EMAIL_BACKEND")
+        else {
+            "host": envstr("EMAIL_HOST", "localhost"),
+            "port": envint("EMAIL_PORT", 25),
+            "username": envstr("EMAIL_HOST_USER"),
+            "password": envsecret("EMAIL_HOST_PASSWORD"),
+            "use_tls": envbool("EMAIL_USE_TLS", False),
+        },
+    }
+}
+SERVER_EMAIL = envstr("SERVER_EMAIL", "portal@localhost")
+ADMINS = envlist("ADMINS")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -184,3 +184,15 @@ def session_cookie(user) -> dict[str, str]:
     client = Client()
     client.force_login(user)
     return {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_connection_pools(django_db_setup):
+    """With PostgreSQL's connection pool (settings.py) this process keeps a connection open,
+    which would stop the test database from being dropped at the end."""
+    yield
+    from django.db import connections
+
+    for conn in connections.all():
+        if hasattr(conn, "close_pool"):
+            conn.close_pool()
