@@ -90,7 +90,10 @@ def main() -> int:
                 "No FASTGPT_BASE_URL/FASTGPT_API_KEY: the app 'Demo assistant' is answered by the "
                 "built-in FastGPT double (labelled as a demo in the UI)."
             )
-        manage("portal_admin", env=env)
+        admin_args = []
+        if env.get("PORTAL_ADMIN_PASSWORD_FILE"):
+            admin_args = ["--password-file", env["PORTAL_ADMIN_PASSWORD_FILE"]]
+        manage("portal_admin", *admin_args, env=env)
         beat_dir = tempfile.mkdtemp(prefix="portal-beat-")
         celery = [PY, "-m", "celery", "-A", "fastgpt_portal"]
         children.append(
@@ -140,9 +143,19 @@ def main() -> int:
         )
         wait_for_port(port)
         print(f"\nThe portal is running: http://127.0.0.1:{port}/  (Ctrl-C stops everything)\n")
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-        while all(c.poll() is None for c in children):
-            time.sleep(0.5)
+        stopping: list[int] = []
+
+        def stop(signum: int, _frame: object) -> None:
+            # Ctrl-C reaches the children too (one process group); they stop on their own.
+            stopping.append(signum)
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        while not stopping and all(c.poll() is None for c in children):
+            time.sleep(0.2)
+        if stopping:
+            print("\nStopping…")
+            return 0
         dead = [c for c in children if c.poll() is not None]
         print(f"A process stopped ({dead[0].args[:4]}); stopping the rest.", file=sys.stderr)
         return 1
