@@ -33,23 +33,41 @@ UNAVAILABLE_MESSAGE = (
 _MARK = "_portal_database_error"
 
 
+def _pool_busy(exc: BaseException) -> bool:
+    """A pool timeout with every pooled connection open and in use is overload, not a lost
+    database (a dead database times out the same way, while the pool is still trying to open
+    its first connections)."""
+    if type(exc.__cause__).__name__ != "PoolTimeout":
+        return False
+    try:
+        from django.db import connection
+
+        stats = connection.pool.get_stats()
+    except Exception:
+        return False
+    return stats.get("pool_size", 0) >= stats.get("pool_max", 1) and not stats.get("pool_available")
+
+
 def database_unavailable(request: HttpRequest, exc: BaseException) -> HttpResponse:
     """The 503 answer for a request that lost the database, logged as one line for admins."""
     first_line = (str(exc).strip().splitlines() or [""])[0][:200]
     log.error(
         "database unavailable: %s %s answered 503 (%s: %s)",
-        request.method, request.path, type(exc).__name__, first_line,
+        request.method, request.path, type(exc.__cause__ or exc).__name__, first_line,
     )  # fmt: skip
+    busy = _pool_busy(exc)
     if request.path == "/healthz" or request.headers.get("Accept", "").startswith(
         "application/json"
     ):
         response: HttpResponse = JsonResponse(
-            {"ok": False, "database": {"ok": False, "error": type(exc).__name__}}, status=503
+            {"ok": False, "database": {"ok": False, "error": type(exc).__name__, "busy": busy}},
+            status=503,
         )
     else:
         # Rendered without a request: no context processor may touch the lost database.
-        response = HttpResponse(loader.get_template("503.html").render(), status=503)
-    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        page = loader.get_template("503.html").render({"busy": busy})
+        response = HttpResponse(page, status=503)
+    response["Retry-After"] = str(10 if busy else RETRY_AFTER_SECONDS)
     response["Cache-Control"] = "no-store"
     # Django would log the 503 again, with a traceback, as "Service Unavailable: /path".
     response._has_been_logged = True

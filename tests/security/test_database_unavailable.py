@@ -109,7 +109,8 @@ def test_each_refusal_is_logged_as_one_line_for_the_admins(browser, portal_witho
         return [line for line in log.read_text().splitlines() if "database unavailable" in line]
 
     lines = wait_until(lambda: [x for x in logged() if f"GET {path} answered 503" in x])
-    assert "OperationalError" in lines[-1]
+    # The root cause: the driver's error, or the pool's timeout when PostgreSQL is pooled.
+    assert "(OperationalError:" in lines[-1] or "(PoolTimeout:" in lines[-1]
     assert "Traceback" not in log.read_text(), "one line, not a traceback per request"
 
 
@@ -184,3 +185,25 @@ def test_a_database_lost_while_another_middleware_renders_is_a_503_too(alice):
         response = client.post("/chat/send", {"text": "hello"})
     assert response.status_code == 503
     assert MESSAGE in response.text
+
+
+def test_a_full_connection_pool_says_busy_not_unavailable(rf, monkeypatch):
+    from django.db import OperationalError
+    from psycopg_pool import PoolTimeout
+
+    from fastgpt_portal.lib import middleware
+    from fastgpt_portal.lib.middleware import database_unavailable
+
+    # A pool whose every connection is in use (this test's database may have no pool at all).
+    monkeypatch.setattr(middleware, "_pool_busy", lambda exc: True)
+    try:
+        try:
+            raise PoolTimeout("couldn't get a connection after 30.00 sec")
+        except PoolTimeout as cause:
+            raise OperationalError("couldn't get a connection") from cause
+    except OperationalError as exc:
+        response = database_unavailable(rf.get("/"), exc)
+    assert response.status_code == 503
+    assert "too busy" in response.content.decode()
+    assert "unavailable" not in response.content.decode()
+    assert response["Retry-After"] == "10"
