@@ -65,33 +65,39 @@ def fastgpt(double):
     double.reset()
 
 
-@pytest.fixture(scope="session")
-def worker(django_db_setup, django_db_blocker, tmp_path_factory):
-    """A real Celery worker process (threads pool) on this session's queue."""
+def start_worker_process(
+    log: Path, *, env: dict[str, str], queue: str | None = None, concurrency: int = 8
+) -> subprocess.Popen:
+    """A real Celery worker process (threads pool, as in production); `proc.name` for pings."""
     name = f"test-{uuid.uuid4().hex[:6]}@localhost"
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    queues = ["-Q", queue] if queue else []
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "fastgpt_portal", "worker", "--pool", "threads",
-             "--concurrency", "8", "--loglevel", "INFO", "-n", name, "--without-heartbeat",
-             "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=_child_env(), stdout=out, stderr=subprocess.STDOUT,
+             "--concurrency", str(concurrency), *queues, "-n", name, "--loglevel", "INFO",
+             "--without-heartbeat", "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
+    proc.name = name
+    proc.log_path = log
+    return proc
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A real Celery worker process on this session's queue."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    proc = start_worker_process(log, env=_child_env())
     from fastgpt_portal.celery import app
 
     def ready():
         if proc.poll() is not None:
             raise AssertionError(f"the worker exited:\n{log.read_text()[-3000:]}")
-        return app.control.ping(destination=[name], timeout=0.5)
+        return app.control.ping(destination=[proc.name], timeout=0.5)
 
     wait_until(ready, timeout=30, interval=0.2, message="the Celery worker did not start")
-    proc.log_path = log
     yield proc
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process(proc)
 
 
 def start_web_server(env: dict[str, str], log: Path, ready_path: str = "/accounts/login/"):
@@ -187,12 +193,27 @@ def session_cookie(user) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _close_connection_pools(django_db_setup):
+def _close_connection_pools(django_db_setup, django_db_blocker):
     """With PostgreSQL's connection pool (settings.py) this process keeps a connection open,
     which would stop the test database from being dropped at the end."""
     yield
-    from django.db import connections
+    from django.db import connection, connections
 
     for conn in connections.all():
         if hasattr(conn, "close_pool"):
             conn.close_pool()
+    if connection.vendor == "postgresql":
+        # Backends of the worker and web processes that just exited linger for a moment.
+        def others() -> int:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                return cursor.fetchone()[0]
+
+        with django_db_blocker.unblock():
+            deadline = time.monotonic() + 10
+            while others() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            connection.close()

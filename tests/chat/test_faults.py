@@ -16,7 +16,7 @@ from fastgpt_portal.chat.models import Conversation, Turn
 from fastgpt_portal.lib.embedded_redis import EmbeddedRedis, free_port
 from fastgpt_portal.upstream.double import DOUBLE_APP_KEY
 from fastgpt_portal.upstream.models import App
-from tests.conftest import ROOT, _child_env, wait_until
+from tests.conftest import ROOT, _child_env, start_worker_process, stop_process, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -126,26 +126,7 @@ def test_an_admin_problem_fails_the_turn_and_marks_the_app_unhealthy(
 
 
 def start_worker(queue: str, log_path, **env: str) -> subprocess.Popen:
-    name = f"faults-{uuid.uuid4().hex[:6]}@localhost"
-    out = open(log_path, "w")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "fastgpt_portal", "worker", "--pool", "threads",
-         "--concurrency", "4", "-Q", queue, "-n", name, "--loglevel", "INFO",
-         "--without-heartbeat", "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env=_child_env(**env), stdout=out, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    proc.log_file = out
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    proc.log_file.close()
+    return start_worker_process(log_path, env=_child_env(**env), queue=queue, concurrency=4)
 
 
 def queued_turn(user, app, text="Tell me a long story") -> Turn:
@@ -172,7 +153,7 @@ def test_a_killed_worker_fails_the_turn_once_and_never_answers_twice(
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
-        stop(proc)
+        stop_process(proc)
         fastgpt.token_rate = 0
         fastgpt.tokens = None
 
@@ -241,6 +222,6 @@ def test_turns_queued_when_redis_restarts_are_sent_once_it_is_back(
         for turn in turns:
             assert wait_until(lambda t=turn: finished(t.pk), timeout=30).status == "done"
     finally:
-        stop(proc)
+        stop_process(proc)
         redis.stop()
     assert len(completions(fastgpt)) == 3, "each sent exactly once"
