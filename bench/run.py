@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         web_workers=args.web_workers, worker_pool=args.pool, worker_concurrency=args.concurrency
     )
     stack = Stack(config)
+    report: dict[str, Any] = {}
+    failed = True
     try:
         stack.start()
         stack.start_double("fast", tokens=20)
@@ -339,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
               f"Redis {stack.env['REDIS_URL']}, web x{config.web_workers}, "
               f"worker {config.worker_pool} x{config.worker_concurrency}", flush=True)  # fmt: skip
         warm_up(stack, users)
-        report: dict[str, Any] = {"machine": machine(), "config": {
+        report = {"machine": machine(), "config": {
             "database": stack.database, "web_workers": config.web_workers,
             "worker_pool": config.worker_pool, "worker_concurrency": config.worker_concurrency,
             "quick": args.quick, "token_rate": TOKEN_RATE, "tokens": TOKENS}}  # fmt: skip
@@ -352,8 +354,10 @@ def main(argv: list[str] | None = None) -> int:
             level = phase_concurrency(stack, users, n, clients=args.clients, ramp=ramp)
             report["concurrency"].append(level)
             print(f"{n} streams done ({time.monotonic() - started:.0f} s)", flush=True)
+        failed = any(level.get("errors") for level in report["concurrency"])
     finally:
-        stack.stop()
+        # A lost, failed or duplicated turn is diagnosed from the worker's and web's logs.
+        stack.stop(keep_logs=failed)
     report["added_ttft_ms"] = {k: v * 1000 for k, v in report["ttft"]["added"].items()}
     report["levels"] = {
         str(level["turns"]): {

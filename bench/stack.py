@@ -245,7 +245,8 @@ class Stack:
                 return
         raise RuntimeError("the Celery worker did not start")
 
-    def stop(self) -> None:
+    def stop(self, *, keep_logs: bool = False) -> None:
+        """Stop every process; `keep_logs` keeps the processes' logs to diagnose a failure."""
         for proc in reversed(self.children):
             if proc.poll() is None:
                 proc.terminate()
@@ -257,7 +258,10 @@ class Stack:
                 proc.wait(5)
         if self.redis is not None:
             self.redis.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if keep_logs:
+            print(f"The stack's logs are kept in {self.tmp}", flush=True)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------ fixtures
 
