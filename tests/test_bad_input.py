@@ -227,8 +227,7 @@ def test_a_forged_last_event_id_does_not_stall_answer_streams(alice, demo_app, p
         for _ in range(2)
     ]
     for turn in turns:
-        relay.Publisher(turn.pk).reset()
-        relay.Publisher(turn.pk).publish([("delta", "first words")])
+        relay.Publisher(turn.pk, turn.data_id).publish([("delta", "first words")])
     cookies = session_cookie(alice)
     url = f"{portal_server.url}/chat/turns/{{}}/events"
     for forged in ["garbage", "\xff\xfe".encode().decode("latin-1"), "99999999999999999999999-0",

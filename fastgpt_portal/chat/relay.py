@@ -37,12 +37,14 @@ _async_clients: dict[int, aioredis.Redis] = {}
 Entry = tuple[str, dict[str, str]]  # (stream id, fields)
 
 
-def stream_key(turn_pk: int) -> str:
-    return f"portal:turn:{turn_pk}"
+def stream_key(turn_pk: int, data_id: str) -> str:
+    # Keyed by the try's data_id too, so a Retry (a new data_id) or a turn whose pk a restored
+    # or test database reuses always starts on an empty stream: nothing needs deleting.
+    return f"portal:turn:{turn_pk}:{data_id}"
 
 
-def cancel_key(turn_pk: int) -> str:
-    return f"portal:cancel:{turn_pk}"
+def cancel_key(turn_pk: int, data_id: str) -> str:
+    return f"portal:cancel:{turn_pk}:{data_id}"
 
 
 def sync_redis() -> redis.Redis:
@@ -171,9 +173,9 @@ _writer = _Writer()
 class Publisher:
     """Writes one turn's events, through the process's writer (see _Writer)."""
 
-    def __init__(self, turn_pk: int, client: redis.Redis | None = None) -> None:
-        self.key = stream_key(turn_pk)
-        self.turn_pk = turn_pk
+    def __init__(self, turn_pk: int, data_id: str, client: redis.Redis | None = None) -> None:
+        self.key = stream_key(turn_pk, data_id)
+        self.cancel_key = cancel_key(turn_pk, data_id)
         self.client = client or sync_redis()
         self._ticket = 0
 
@@ -187,33 +189,16 @@ class Publisher:
             _writer.flush(self._ticket, self.key)
 
     def cancel_requested(self) -> bool:
-        return bool(self.client.exists(cancel_key(self.turn_pk)))
-
-    def reset(self) -> None:
-        """Forget an earlier try's events (Retry re-runs the same turn)."""
-        self.client.delete(self.key, cancel_key(self.turn_pk))
+        return bool(self.client.exists(self.cancel_key))
 
 
-def forget_stream(turn_pk: int) -> None:
-    """Make sure a new turn's stream starts empty.
-
-    After a database restore, or with a test database, a new turn's pk can name a stream that a
-    forgotten turn left in Redis (streams live PORTAL_STREAM_TTL_SECONDS); a browser would
-    replay that turn's answer. If Redis is down the turn cannot stream anyway: log and go on.
-    """
-    try:
-        sync_redis().delete(stream_key(turn_pk), cancel_key(turn_pk))
-    except redis.RedisError as exc:
-        log.warning("turn %s: could not clear its answer stream: %s", turn_pk, exc)
+def request_cancel(turn_pk: int, data_id: str) -> None:
+    sync_redis().set(cancel_key(turn_pk, data_id), "1", ex=settings.PORTAL_STREAM_TTL_SECONDS)
 
 
-def request_cancel(turn_pk: int) -> None:
-    sync_redis().set(cancel_key(turn_pk), "1", ex=settings.PORTAL_STREAM_TTL_SECONDS)
-
-
-def publish_done(turn_pk: int) -> None:
+def publish_done(turn_pk: int, data_id: str) -> None:
     """The last event, written before returning: the database already holds the final state."""
-    publisher = Publisher(turn_pk)
+    publisher = Publisher(turn_pk, data_id)
     publisher.publish([("done", "")])
     publisher.flush()
 

@@ -92,7 +92,7 @@ def turn_submit(
         else:
             Conversation.objects.filter(pk=conversation.pk).update(updated=timezone.now())
         turn = Turn.objects.create(conversation=conversation, user=user, question=text)
-        transaction.on_commit(lambda: (relay.forget_stream(turn.pk), _enqueue(turn.pk)))
+        transaction.on_commit(lambda: _enqueue(turn.pk))
     turn.conversation = conversation
     log.info("turn %s queued: user=%s app=%s", turn.pk, user.pk, app.slug)
     return turn
@@ -109,10 +109,10 @@ def turn_cancel(*, turn: Turn) -> Turn:
     if Turn.objects.filter(pk=turn.pk, status=Status.QUEUED).update(
         status=Status.CANCELLED, finished_at=now, error="Stopped before an answer came."
     ):
-        relay.publish_done(turn.pk)
+        relay.publish_done(turn.pk, turn.data_id)
     elif turn.status == Status.RUNNING:
         Turn.objects.filter(pk=turn.pk, status=Status.RUNNING).update(cancel_requested=True)
-        relay.request_cancel(turn.pk)
+        relay.request_cancel(turn.pk, turn.data_id)
     turn.refresh_from_db()
     return turn
 
@@ -151,7 +151,6 @@ def turn_retry(*, turn: Turn) -> Turn:
             interactive=None,
         )
         if updated:
-            relay.Publisher(turn.pk).reset()
             transaction.on_commit(lambda: _enqueue(turn.pk))
             log.info("turn %s: retry requested by user %s", turn.pk, turn.user_id)
     turn.refresh_from_db()
@@ -182,6 +181,7 @@ class RunOutcome:
 
 def _fail(
     turn_pk: int,
+    data_id: str,
     error: UpstreamError | str,
     *,
     answer: str | None = None,
@@ -201,7 +201,7 @@ def _fail(
     if first_token_at is not None:
         fields["first_token_at"] = first_token_at
     Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(**fields)
-    relay.publish_done(turn_pk)
+    relay.publish_done(turn_pk, data_id)
 
 
 def _mark_app_health(app: App, error: UpstreamError | None) -> None:
@@ -232,7 +232,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
     turn = Turn.objects.select_related("conversation__app", "user__identity").get(pk=turn_pk)
     app = turn.conversation.app
     identity = identity_for(turn.user)
-    publisher = relay.Publisher(turn_pk)
+    publisher = relay.Publisher(turn_pk, turn.data_id)
     publisher.publish([("status", "Sending to FastGPT…")])
 
     answer: list[str] = []
@@ -309,7 +309,8 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
                         error="Stopped by you.",
                         finished_at=timezone.now(),
                     )
-                    relay.publish_done(turn_pk)
+                    publisher.publish([("done", "")])
+                    publisher.flush()
                     log.info("turn %s cancelled by the user", turn_pk)
                     return RunOutcome(status=Status.CANCELLED)
     except UpstreamError as exc:
@@ -335,12 +336,13 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
             "turn %s failed after %s attempt(s): app=%s code=%s: %s",
             turn_pk, turn.attempts, app.slug, exc.code, exc.message,
         )  # fmt: skip
-        _fail(turn_pk, exc, answer=text, first_token_at=first_token_at)
+        _fail(turn_pk, turn.data_id, exc, answer=text, first_token_at=first_token_at)
         return RunOutcome(status=Status.FAILED)
     except Exception:
         log.exception("turn %s: unexpected error", turn_pk)
         _fail(
             turn_pk,
+            turn.data_id,
             "Something went wrong in the portal; press Retry.",
             answer="".join(answer),
             first_token_at=first_token_at,
@@ -363,7 +365,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
         flow_responses=flow or nodes or None,
         interactive=interactive,
     )
-    relay.publish_done(turn_pk)
+    relay.publish_done(turn_pk, turn.data_id)
     log.info(
         "turn %s done: %d chars, %.4f points, %d+%d tokens",
         turn_pk, len(text), usage.points, usage.input_tokens, usage.output_tokens,
@@ -377,7 +379,7 @@ def sweep_turns() -> dict[str, int]:
     stale = now - timezone.timedelta(seconds=settings.PORTAL_STALE_SECONDS)
     counts = {"requeued": 0, "failed": 0, "resent": 0}
     for turn in Turn.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale).only(
-        "pk", "sent_at", "answer"
+        "pk", "sent_at", "answer", "data_id"
     ):
         if turn.sent_at is None:
             # It never reached FastGPT, so sending it again cannot answer it twice.
@@ -392,7 +394,7 @@ def sweep_turns() -> dict[str, int]:
             finished_at=now,
         ):
             counts["failed"] += 1
-            relay.publish_done(turn.pk)
+            relay.publish_done(turn.pk, turn.data_id)
             log.error("turn %s failed by the sweeper: its worker stopped answering", turn.pk)
     requeue_before = now - timezone.timedelta(seconds=settings.PORTAL_REQUEUE_SECONDS)
     for pk in Turn.objects.filter(status=Status.QUEUED, queued_at__lt=requeue_before).values_list(

@@ -63,7 +63,9 @@ async def turn_events(request: HttpRequest, pk: int) -> HttpResponse:
             return
         # One blocking XREAD per web process serves every open stream (relay.StreamHub): a
         # connection each would need a Redis connection and a round trip per event per browser.
-        subscription = await relay.stream_hub().subscribe(relay.stream_key(pk), last_id)
+        subscription = await relay.stream_hub().subscribe(
+            relay.stream_key(pk, turn.data_id), last_id
+        )
         await release_connection()
         try:
             yield sse.frame("", event="open", retry=2000)

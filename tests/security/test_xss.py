@@ -355,8 +355,7 @@ def test_stream_events_carry_payloads_as_escaped_text(alice, demo_app, portal_se
     turn = Turn.objects.create(
         conversation=conversation, user=alice, question="q", status=Turn.Status.RUNNING
     )
-    publisher = relay.Publisher(turn.pk)
-    publisher.reset()
+    publisher = relay.Publisher(turn.pk, turn.data_id)
     entries = []
     for _, payload in STORABLE:
         entries += [("status", payload), ("reasoning", payload), ("delta", payload)]
@@ -366,7 +365,7 @@ def test_stream_events_carry_payloads_as_escaped_text(alice, demo_app, portal_se
     def finish() -> None:
         # As the worker does at the end: the final state in the database, then `done`.
         Turn.objects.filter(pk=turn.pk).update(status=Turn.Status.DONE, answer=answer)
-        relay.publish_done(turn.pk)
+        relay.publish_done(turn.pk, turn.data_id)
         connection.close()
 
     # The reader connects while the turn is running (a finished turn is served from the
