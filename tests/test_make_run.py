@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,12 +57,22 @@ def test_make_run_serves_a_working_portal_and_ctrl_c_stops_everything(runner):
     assert runner.password_file.read_text().split() == [username, password]
     assert "built-in FastGPT double" in output
 
-    health = wait_until(
-        lambda: httpx.get(runner.url + "/healthz", timeout=5).json().get("ok") or None,
-        timeout=30,
-        interval=0.5,
-    )
-    assert health
+    probes: list[str] = []
+
+    def healthy() -> bool:
+        # Record every answer so a failure says what /healthz said, not just "not JSON".
+        try:
+            response = httpx.get(runner.url + "/healthz", timeout=5)
+        except httpx.HTTPError as exc:
+            probes.append(repr(exc))
+            return False
+        probes.append(f"{response.status_code} {response.text[:300]}")
+        return response.headers.get("content-type") == "application/json" and response.json()["ok"]
+
+    try:
+        wait_until(healthy, timeout=30, interval=0.5)
+    except AssertionError:
+        raise AssertionError(f"/healthz never ok: {probes[-3:]}\n{runner.log.read_text()[-3000:]}")
     with httpx.Client(base_url=runner.url, timeout=10) as browser:
         login = browser.get("/accounts/login/")
         csrf = browser.cookies["csrftoken"]
@@ -95,3 +106,19 @@ def test_make_run_serves_a_working_portal_and_ctrl_c_stops_everything(runner):
     assert runner.wait(30) == 0
     time.sleep(1)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_make_run_refuses_a_port_in_use_and_says_so(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+        env.update(PORT=str(port), DATABASE_URL=f"sqlite:///{tmp_path / 'portal.sqlite3'}")
+        result = subprocess.run(
+            [sys.executable, "-m", "fastgpt_portal.lib.devserver"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"Port {port} is already in use" in result.stdout
+    assert not (tmp_path / "portal.sqlite3").exists(), "nothing was set up"

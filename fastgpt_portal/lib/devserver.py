@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,11 +29,22 @@ def manage(*args: str, stdin: str | None = None, env: dict | None = None) -> Non
     )
 
 
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    import socket
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
 
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Wait until `process` listens on `port`; if it exits first, something else owned the port."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the process for port {port} exited with {process.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
@@ -46,10 +58,15 @@ def main() -> int:
     env.setdefault("DEBUG", "true")
     env.setdefault("PYTHONUNBUFFERED", "1")
     port = int(env.get("PORT", "8000"))
+    host = env.get("HOST", "127.0.0.1")
+    if port_in_use(host, port):
+        print(f"Port {port} is already in use. Stop what uses it, or run: make run PORT=8001")
+        return 1
     children: list[subprocess.Popen] = []
     redis = None
     if not env.get("REDIS_URL"):
-        redis = EmbeddedRedis().start()
+        # Never on the web port: a helper listening there would look like the portal.
+        redis = EmbeddedRedis(exclude={port}).start()
         env["REDIS_URL"] = redis.url
         print(f"Started an embedded Redis at {redis.url}")
     os.environ.update(env)
@@ -65,7 +82,7 @@ def main() -> int:
         else:
             from fastgpt_portal.upstream.double import DOUBLE_APP_KEY
 
-            double_port = free_port()
+            double_port = free_port(exclude={port})
             children.append(
                 subprocess.Popen(
                     [
@@ -80,7 +97,7 @@ def main() -> int:
                     env=env,
                 )  # fmt: skip
             )
-            wait_for_port(double_port)
+            wait_for_port(double_port, children[-1])
             manage(
                 "portal_app", "add", "--name", "Demo assistant", "--slug", "demo",
                 "--base-url", f"http://127.0.0.1:{double_port}", "--demo",
@@ -132,7 +149,7 @@ def main() -> int:
                     "uvicorn",
                     "fastgpt_portal.asgi:application",
                     "--host",
-                    env.get("HOST", "127.0.0.1"),
+                    host,
                     "--port",
                     str(port),
                     "--log-level",
@@ -141,7 +158,7 @@ def main() -> int:
                 env=env,
             )  # fmt: skip
         )
-        wait_for_port(port)
+        wait_for_port(port, children[-1])
         print(f"\nThe portal is running: http://127.0.0.1:{port}/  (Ctrl-C stops everything)\n")
         stopping: list[int] = []
 
@@ -162,6 +179,9 @@ def main() -> int:
     except KeyboardInterrupt:
         print("\nStopping…")
         return 0
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"make run could not start the portal: {exc}", file=sys.stderr)
+        return 1
     finally:
         for child in reversed(children):
             if child.poll() is None:

@@ -11,13 +11,18 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(exclude: Collection[int] = ()) -> int:
+    """A port free now; `exclude` keeps it off a port the caller promised to something else."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in exclude:
+            return port
 
 
 def redis_server_binary() -> str:
@@ -36,8 +41,8 @@ def redis_server_binary() -> str:
 
 
 class EmbeddedRedis:
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
+    def __init__(self, port: int | None = None, exclude: Collection[int] = ()) -> None:
+        self.port = port or free_port(exclude)
         self.dir = tempfile.mkdtemp(prefix="portal-redis-")
         self.process: subprocess.Popen | None = None
 
