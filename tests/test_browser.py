@@ -70,6 +70,15 @@ def test_a_user_logs_in_asks_and_watches_the_answer_stream_in(
         assert turn.status == "done"
         assert page.get_by_label("Message").input_value() == "", "the box is cleared once sent"
         assert f"/c/{turn.conversation_id}/" in page.url
+        # The new conversation heads the sidebar, marked as the current one.
+        sidebar = page.get_by_role("complementary", name="Your conversations")
+        expect(sidebar.get_by_role("listitem").first).to_have_text(
+            "What does the travel policy say?"
+        )
+        expect(sidebar.get_by_text("No conversations yet.")).to_have_count(0)
+        assert sidebar.locator("[aria-current=page]").get_attribute("href") == (
+            f"/c/{turn.conversation_id}/"
+        )
 
         # A reload shows the stored answer.
         page.reload()

@@ -86,7 +86,7 @@ def turn_submit(
         if not Identity.objects.select_for_update().filter(user_id=user.pk).values("pk"):
             identity = identity_for(user)
             Identity.objects.select_for_update().only("pk").get(pk=identity.pk)
-        quota_check(user=user)
+        quota_summary = quota_check(user=user)
         if conversation is None:
             conversation = Conversation.objects.create(user=user, app=app, title=_title_from(text))
         else:
@@ -94,6 +94,8 @@ def turn_submit(
         turn = Turn.objects.create(conversation=conversation, user=user, question=text)
         transaction.on_commit(lambda: _enqueue(turn.pk))
     turn.conversation = conversation
+    # What is left of the user's quota with this turn counted, for the page (no recount).
+    turn.quota_summary = quota_summary
     log.info("turn %s queued: user=%s app=%s", turn.pk, user.pk, app.slug)
     return turn
 

@@ -103,7 +103,7 @@ def send(request: HttpRequest) -> HttpResponse:
         "turn": turn,
         "conversation": turn.conversation,
         "new_conversation": new_conversation,
-        "conversations": selectors.conversation_list_for_user(user=request.user)[:SIDEBAR_SIZE],
+        "quota_summary": turn.quota_summary,
     }
     response = render(request, "chat/chat.html#sent", context)
     if new_conversation:

@@ -11,6 +11,8 @@ from django.utils import timezone
 from fastgpt_portal.accounts.models import User
 from fastgpt_portal.usage.selectors import (
     Periods,
+    QuotaSummary,
+    Usage,
     format_points,
     limits_for_user,
     plural,
@@ -40,8 +42,13 @@ def _switched_off(what: str) -> QuotaExceeded:
     )
 
 
-def quota_check(*, user: User, retry: bool = False, now: datetime | None = None) -> None:
+def quota_check(
+    *, user: User, retry: bool = False, now: datetime | None = None
+) -> QuotaSummary | None:
     """Raise QuotaExceeded if `user` may not queue another turn now.
+
+    Returns what will be left once the turn is queued (None for an unlimited user), so the
+    page can show it without counting again.
 
     Called by chat.services.turn_submit inside its transaction, after the user's Identity row
     is locked, so two simultaneous submits by one user are checked one after the other.
@@ -54,7 +61,7 @@ def quota_check(*, user: User, retry: bool = False, now: datetime | None = None)
     """
     limits = limits_for_user(user=user)
     if limits.unlimited:
-        return
+        return None
     periods = Periods.around(now or timezone.now())
     used = usage_for_user(user=user, limits=limits, periods=periods)
     zone = timezone.get_default_timezone_name()
@@ -100,3 +107,12 @@ def quota_check(*, user: User, retry: bool = False, now: datetime | None = None)
             "time. You can send again as soon as one finishes (or you stop one).",
             kind="concurrent",
         )
+    return QuotaSummary(
+        limits=limits,
+        usage=Usage(
+            turns_today=used.turns_today + (0 if retry else 1),
+            points_month=used.points_month,
+            turns_last_minute=used.turns_last_minute + 1,
+            live=used.live + 1,
+        ),
+    )

@@ -78,8 +78,24 @@ def test_a_new_conversation_updates_the_url_and_sidebar(client, alice, demo_app)
     )
     conversation = Conversation.objects.get()
     assert response["HX-Push-Url"] == f"/c/{conversation.pk}/"
-    assert 'id="sidebar"' in response.text and "hello there" in response.text
     assert f'value="{conversation.pk}"' in response.text
+    # Only the new conversation is prepended to the sidebar, not the whole list re-rendered.
+    assert 'id="sidebar"' not in response.text
+    assert 'hx-swap-oob="afterbegin:#conversation-list"' in response.text
+    assert f'<li><a href="/c/{conversation.pk}/" aria-current="page">hello there</a></li>' in (
+        response.text
+    )
+
+
+def test_a_later_message_does_not_touch_the_sidebar(client, alice, demo_app):
+    client.force_login(alice)
+    client.post("/chat/send", {"text": "first", "app": demo_app.slug}, HTTP_HX_REQUEST="true")
+    conversation = Conversation.objects.get()
+    response = client.post(
+        "/chat/send", {"text": "second", "conversation": conversation.pk}, HTTP_HX_REQUEST="true"
+    )
+    assert response.status_code == 200
+    assert "conversation-list" not in response.text and "HX-Push-Url" not in response
 
 
 def test_several_apps_give_a_picker(client, alice, demo_app):
