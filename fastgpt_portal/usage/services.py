@@ -6,9 +6,11 @@ import math
 from datetime import datetime
 
 from django.core.exceptions import ValidationError
+from django.db import connection
 from django.utils import timezone
 
-from fastgpt_portal.accounts.models import User
+from fastgpt_portal.accounts.models import Identity, User
+from fastgpt_portal.accounts.services import identity_for
 from fastgpt_portal.usage.selectors import (
     Periods,
     QuotaSummary,
@@ -42,6 +44,14 @@ def _switched_off(what: str) -> QuotaExceeded:
     )
 
 
+def _lock_user(user: User) -> None:
+    if not connection.in_atomic_block:
+        return  # nothing to hold a lock for; a lone check needs none
+    if not Identity.objects.select_for_update().filter(user_id=user.pk).values("pk"):
+        identity = identity_for(user)
+        Identity.objects.select_for_update().only("pk").get(pk=identity.pk)
+
+
 def quota_check(
     *, user: User, retry: bool = False, now: datetime | None = None
 ) -> QuotaSummary | None:
@@ -50,8 +60,10 @@ def quota_check(
     Returns what will be left once the turn is queued (None for an unlimited user), so the
     page can show it without counting again.
 
-    Called by chat.services.turn_submit inside its transaction, after the user's Identity row
-    is locked, so two simultaneous submits by one user are checked one after the other.
+    Called by chat.services.turn_submit inside its transaction. When any limit applies it locks
+    the user's Identity row (made here if need be) until that transaction ends, so two
+    simultaneous submits by one user are checked one after the other. An unlimited user has
+    nothing to check and costs one query, with no lock.
 
     `retry=True` is for the Retry button, which re-runs an existing turn: it is not a new
     message of the day, but it costs points and capacity again, so every other limit applies.
@@ -62,6 +74,7 @@ def quota_check(
     limits = limits_for_user(user=user)
     if limits.unlimited:
         return None
+    _lock_user(user)
     periods = Periods.around(now or timezone.now())
     used = usage_for_user(user=user, limits=limits, periods=periods)
     zone = timezone.get_default_timezone_name()

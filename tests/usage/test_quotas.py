@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
+from fastgpt_portal.accounts.services import identity_for
 from fastgpt_portal.usage.models import Quota
 from fastgpt_portal.usage.selectors import limits_for_user, quota_summary_for_user
 from fastgpt_portal.usage.services import QuotaExceeded, quota_check
@@ -325,7 +326,7 @@ def test_an_unlimited_user_costs_one_query(alice, make_turns, django_assert_num_
         quota_check(user=alice, now=NOW)
 
 
-def test_a_check_of_every_limit_costs_three_queries(
+def test_a_check_of_every_limit_costs_four_queries_one_the_lock(
     alice, make_turns, group_of, django_assert_num_queries
 ):
     Quota.objects.create(
@@ -336,5 +337,16 @@ def test_a_check_of_every_limit_costs_three_queries(
         max_concurrent=10,
     )
     make_turns(alice, 3)
-    with django_assert_num_queries(3):
+    identity_for(alice)  # made by the user's first message
+    with django_assert_num_queries(4) as queries:
         quota_check(user=alice, now=NOW)
+    lock = queries.captured_queries[1]["sql"]
+    assert '"accounts_identity"' in lock
+    # SQLite has no row locks; its IMMEDIATE transactions serialise writers instead.
+    assert ("FOR UPDATE" in lock) == connection.features.has_select_for_update
+
+
+def test_an_unlimited_user_costs_one_query_and_takes_no_lock(alice, django_assert_num_queries):
+    with django_assert_num_queries(1) as queries:
+        assert quota_check(user=alice, now=NOW) is None
+    assert "FOR UPDATE" not in queries.captured_queries[0]["sql"]
