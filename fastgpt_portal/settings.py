@@ -10,6 +10,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 
+from fastgpt_portal.lib import dbpool
 from fastgpt_portal.lib.env import envbool, envfloat, envint, envlist, envsecret, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -128,6 +129,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and envint(
         "min_size": 1,
         "max_size": envint("DB_POOL_MAX", 20),
         "timeout": envfloat("DB_POOL_TIMEOUT", 30.0),
+        # Check only connections idle for a while: a round trip per request otherwise.
+        "check": dbpool.check,
+        "reset": dbpool.reset,
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -200,13 +204,19 @@ PORTAL_EMBED_ORIGINS = envlist("PORTAL_EMBED_ORIGINS")
 PORTAL_MAX_QUESTION_CHARS = envint("PORTAL_MAX_QUESTION_CHARS", 20000)
 FASTGPT_TIMEOUT = envfloat("FASTGPT_TIMEOUT", 300.0)
 FASTGPT_CONNECT_TIMEOUT = envfloat("FASTGPT_CONNECT_TIMEOUT", 10.0)
-# How often the worker writes the partial answer to the database, in seconds.
-PORTAL_CHECKPOINT_SECONDS = envfloat("PORTAL_CHECKPOINT_SECONDS", 0.5)
+# How often the worker writes partial answers to the database, in seconds. The answer stream in
+# Redis holds every word meanwhile (a lost worker's answer is recovered from there), so this
+# only bounds what is lost when Redis is lost too.
+PORTAL_CHECKPOINT_SECONDS = envfloat("PORTAL_CHECKPOINT_SECONDS", 2.0)
 # A running turn whose worker has said nothing for this long is failed by the sweeper.
 PORTAL_STALE_SECONDS = envint("PORTAL_STALE_SECONDS", 90)
 # A queued turn older than this is re-sent by the sweeper (its message was lost with Redis).
 PORTAL_REQUEUE_SECONDS = envint("PORTAL_REQUEUE_SECONDS", 60)
 PORTAL_STREAM_TTL_SECONDS = envint("PORTAL_STREAM_TTL_SECONDS", 3600)
+# While answers stream, the worker writes to Redis and each web process reads from it at most
+# once per this many milliseconds, so a thousand streams cost a few round trips, not one per
+# token. The first event after a quiet spell goes through at once (no added first-token time).
+PORTAL_COALESCE_MS = envint("PORTAL_COALESCE_MS", 15)
 # Transient upstream failures (connect errors, proxy 502/503/504, 429) are retried this many
 # times in all, waiting base * 2^n seconds (with jitter, at most max) between tries.
 PORTAL_RETRY_ATTEMPTS = envint("PORTAL_RETRY_ATTEMPTS", 4)
