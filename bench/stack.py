@@ -159,6 +159,11 @@ class Stack:
         subprocess.run(
             [PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=self.env, check=True
         )
+        # DEBUG is off, as in production: pages need the collected, hashed static files.
+        subprocess.run(
+            [PY, "manage.py", "collectstatic", "--noinput", "-v", "0"],
+            cwd=ROOT, env=self.env, check=True,
+        )  # fmt: skip
         import django
 
         django.setup()

@@ -1,9 +1,16 @@
-"""Partial answers of running turns, written to the database by one thread per worker process.
+"""Running turns' partial answers and Stop requests, handled by one thread per worker process.
 
 A streaming turn notes its answer so far here instead of updating its row itself: one thread
-writes every noted turn in one statement each PORTAL_CHECKPOINT_SECONDS, on one database
-connection. A thousand turns streaming at once would otherwise hold a thousand connections
-(PostgreSQL allows 100 by default) and send two thousand UPDATEs a second.
+writes every noted turn each PORTAL_CHECKPOINT_SECONDS, in one batch of plain UPDATEs on one
+database connection. A thousand turns streaming at once would otherwise hold a thousand
+connections (PostgreSQL allows 100 by default), and Django's bulk_update (a CASE per column
+per row) cost the worker more CPU than reading the answers. The answer streams in Redis hold
+every word anyway, so the sweeper recovers a lost worker's answer from there
+(services.sweep_turns); checkpoints are what is left when Redis lost them too.
+
+The same thread asks Redis, every CANCEL_POLL_SECONDS and in one round trip, which running
+turns the user stopped, so a turn checks a set in memory between tokens instead of asking
+Redis itself.
 
 Only running turns are written: the final state is written by the turn itself, and a checkpoint
 that arrives after it must not overwrite it.
@@ -13,21 +20,42 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 log = logging.getLogger("fastgpt_portal.chat")
+
+CANCEL_POLL_SECONDS = 0.5
 
 
 class Checkpointer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[str, str, datetime | None]] = {}
+        self._watched: dict[int, str] = {}  # running turn -> its cancel key
+        self._cancelled: set[int] = set()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="checkpoints", daemon=True)
+            self._thread.start()
+
+    def watch(self, turn_pk: int, cancel_key: str) -> None:
+        """Follow a running turn's Stop requests until discard()."""
+        with self._lock:
+            self._watched[turn_pk] = cancel_key
+            self._cancelled.discard(turn_pk)
+            self._ensure_thread()
+
+    def cancelled(self, turn_pk: int) -> bool:
+        """Whether the user stopped the turn (as of the last poll)."""
+        return turn_pk in self._cancelled
 
     def note(
         self, turn_pk: int, *, answer: str, reasoning: str, first_token_at: datetime | None
@@ -35,22 +63,42 @@ class Checkpointer:
         """Remember the latest partial answer of a running turn; written within one interval."""
         with self._lock:
             self._pending[turn_pk] = (answer, reasoning, first_token_at)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="checkpoints", daemon=True)
-                self._thread.start()
+            self._ensure_thread()
 
     def discard(self, turn_pk: int) -> None:
         """The turn is about to write its final state itself."""
         with self._lock:
             self._pending.pop(turn_pk, None)
+            self._watched.pop(turn_pk, None)
+            self._cancelled.discard(turn_pk)
 
     def _loop(self) -> None:
-        while not self._stop.wait(settings.PORTAL_CHECKPOINT_SECONDS):
+        last_flush = time.monotonic()
+        while not self._stop.wait(min(CANCEL_POLL_SECONDS, settings.PORTAL_CHECKPOINT_SECONDS)):
             try:
-                self.flush()
+                self.poll_cancels()
             except Exception:
-                log.exception("writing answer checkpoints failed")
-                close_old_connections()
+                log.exception("reading Stop requests failed")
+            if time.monotonic() - last_flush >= settings.PORTAL_CHECKPOINT_SECONDS:
+                last_flush = time.monotonic()
+                try:
+                    self.flush()
+                except Exception:
+                    log.exception("writing answer checkpoints failed")
+                    close_old_connections()
+
+    def poll_cancels(self) -> None:
+        from fastgpt_portal.chat import relay
+
+        with self._lock:
+            watched = list(self._watched.items())
+        if not watched:
+            return
+        flags = relay.sync_redis().mget([key for _, key in watched])
+        stopped = {pk for (pk, _), flag in zip(watched, flags, strict=True) if flag}
+        with self._lock:
+            # Only turns still watched: one that finished meanwhile is gone from the set.
+            self._cancelled |= stopped & self._watched.keys()
 
     def flush(self) -> int:
         from fastgpt_portal.chat.models import Turn
@@ -60,20 +108,19 @@ class Checkpointer:
         if not pending:
             return 0
         now = timezone.now()
-        with_first, without = [], []
-        for pk, (answer, reasoning, first) in pending.items():
-            turn = Turn(pk=pk, answer=answer, reasoning=reasoning, heartbeat_at=now)
-            if first is not None:
-                turn.first_token_at = first
-                with_first.append(turn)
-            else:
-                without.append(turn)
-        running = Turn.objects.filter(status=Turn.Status.RUNNING)
-        fields = ["answer", "reasoning", "heartbeat_at"]
-        if with_first:
-            running.bulk_update(with_first, [*fields, "first_token_at"], batch_size=200)
-        if without:
-            running.bulk_update(without, fields, batch_size=200)
+        rows = [
+            (answer, reasoning, now, first, pk)
+            for pk, (answer, reasoning, first) in pending.items()
+        ]
+        table = Turn._meta.db_table
+        with connection.cursor() as cursor:
+            # executemany: psycopg pipelines the statements, one round trip for the batch.
+            cursor.executemany(
+                f"UPDATE {table} SET answer = %s, reasoning = %s, heartbeat_at = %s,"  # noqa: S608
+                " first_token_at = COALESCE(%s, first_token_at)"
+                f" WHERE id = %s AND status = '{Turn.Status.RUNNING}'",
+                rows,
+            )
         return len(pending)
 
 

@@ -98,6 +98,8 @@ class _Writer:
         self._sent = 0  # batches written, for flush()
         self._taken = 0
         self._thread: threading.Thread | None = None
+        self._last_write = 0.0  # monotonic time the last batch was taken
+        self._several = False  # whether it held events of more than one turn
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -133,9 +135,18 @@ class _Writer:
             with self._cond:
                 while not self._queue:
                     self._cond.wait()
+            # While several turns stream, at most one write per window: the events of every
+            # turn pile up and go out in one pipelined write, instead of a round trip per
+            # token. A lone turn (and so every first token after a quiet spell) is not held.
+            wait = self._last_write + settings.PORTAL_COALESCE_MS / 1000 - time.monotonic()
+            if self._several and wait > 0:
+                time.sleep(wait)
+            with self._cond:
                 batch = list(self._queue)
                 self._queue.clear()
                 self._taken += len(batch)
+                self._last_write = time.monotonic()
+                self._several = len({key for key, _ in batch}) > 1
             try:
                 self._write(batch)
             except Exception as exc:
@@ -173,10 +184,9 @@ _writer = _Writer()
 class Publisher:
     """Writes one turn's events, through the process's writer (see _Writer)."""
 
-    def __init__(self, turn_pk: int, data_id: str, client: redis.Redis | None = None) -> None:
+    def __init__(self, turn_pk: int, data_id: str) -> None:
         self.key = stream_key(turn_pk, data_id)
         self.cancel_key = cancel_key(turn_pk, data_id)
-        self.client = client or sync_redis()
         self._ticket = 0
 
     def publish(self, entries: list[tuple[str, str]]) -> None:
@@ -188,8 +198,17 @@ class Publisher:
         if self._ticket:
             _writer.flush(self._ticket, self.key)
 
-    def cancel_requested(self) -> bool:
-        return bool(self.client.exists(self.cancel_key))
+
+def read_answer(turn_pk: int, data_id: str) -> tuple[str, str]:
+    """The answer and reasoning text a turn's stream holds (empty if it expired)."""
+    answer: list[str] = []
+    reasoning: list[str] = []
+    for _, fields in sync_redis().xrange(stream_key(turn_pk, data_id)):
+        if fields.get("e") == "delta":
+            answer.append(fields.get("d", ""))
+        elif fields.get("e") == "reasoning":
+            reasoning.append(fields.get("d", ""))
+    return "".join(answer), "".join(reasoning)
 
 
 def request_cancel(turn_pk: int, data_id: str) -> None:
@@ -336,6 +355,7 @@ class StreamHub:
                     await self._connect()
                 assert self._reader is not None
                 streams = dict(self._cursors)
+                read_at = time.monotonic()
                 self._generation += 1
                 self._blocked = True
                 try:
@@ -360,6 +380,13 @@ class StreamHub:
                 self._cursors[key] = entries[-1][0]
                 for sub in list(self._subs.get(key, ())):
                     sub._push(entries)
+            if response and len(response) > 1:
+                # Several streams are busy: at most one read per window, so each brings the
+                # entries of many. Every XREAD names every followed stream: one read per entry
+                # would cost O(streams) per token. A lone stream is never held.
+                wait = read_at + settings.PORTAL_COALESCE_MS / 1000 - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
 
 
 _hubs: dict[int, StreamHub] = {}

@@ -15,7 +15,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from fastgpt_portal.accounts.models import Identity, User
+from fastgpt_portal.accounts.models import User
 from fastgpt_portal.accounts.services import identity_for
 from fastgpt_portal.chat import relay
 from fastgpt_portal.chat.checkpoints import checkpoints
@@ -80,12 +80,7 @@ def turn_submit(
         if not app.enabled:
             raise ValidationError(f"{app.name} is switched off; start a new chat with another app.")
     with transaction.atomic():
-        # Lock the user's identity row: one user's submits are checked against the quota one
-        # at a time, so two tabs cannot both slip under a limit. The identity is made on first
-        # use, so a first message never waits on it in the worker.
-        if not Identity.objects.select_for_update().filter(user_id=user.pk).values("pk"):
-            identity = identity_for(user)
-            Identity.objects.select_for_update().only("pk").get(pk=identity.pk)
+        # Under a lock when limits apply: two tabs cannot both slip under one (quota_check).
         quota_summary = quota_check(user=user)
         if conversation is None:
             conversation = Conversation.objects.create(user=user, app=app, title=_title_from(text))
@@ -124,9 +119,7 @@ def turn_retry(*, turn: Turn) -> Turn:
     question that FastGPT may already have run."""
     if not turn.conversation.app.enabled:
         raise ValidationError("This app is switched off.")
-    identity = identity_for(turn.user)
     with transaction.atomic():
-        Identity.objects.select_for_update().only("pk").get(pk=identity.pk)
         # A retry is not a new message of the day, but it counts against the rate, the
         # points and the answers-at-a-time cap.
         quota_check(user=turn.user, retry=True)
@@ -236,6 +229,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
     identity = identity_for(turn.user)
     publisher = relay.Publisher(turn_pk, turn.data_id)
     publisher.publish([("status", "Sending to FastGPT…")])
+    checkpoints.watch(turn_pk, publisher.cancel_key)
 
     answer: list[str] = []
     reasoning: list[str] = []
@@ -291,30 +285,30 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
             if pending:
                 publisher.publish(pending)
                 pending = []
+            if checkpoints.cancelled(turn_pk):
+                stream.close()  # v1: closing the connection stops the workflow upstream
+                checkpoints.discard(turn_pk)
+                Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
+                    first_token_at=first_token_at,
+                    status=Status.CANCELLED,
+                    answer="".join(answer),
+                    reasoning="".join(reasoning),
+                    error="Stopped by you.",
+                    finished_at=timezone.now(),
+                )
+                publisher.publish([("done", "")])
+                publisher.flush()
+                log.info("turn %s cancelled by the user", turn_pk)
+                return RunOutcome(status=Status.CANCELLED)
             if time.monotonic() - last_checkpoint >= checkpoint_every:
                 last_checkpoint = time.monotonic()
-                # Checkpoint, so a lost worker loses well under a second of answer.
+                # The answer stream in Redis has every word; this is for when Redis is lost.
                 checkpoints.note(
                     turn_pk,
                     answer="".join(answer),
                     reasoning="".join(reasoning),
                     first_token_at=first_token_at,
                 )
-                if publisher.cancel_requested():
-                    stream.close()  # v1: closing the connection stops the workflow upstream
-                    checkpoints.discard(turn_pk)
-                    Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
-                        first_token_at=first_token_at,
-                        status=Status.CANCELLED,
-                        answer="".join(answer),
-                        reasoning="".join(reasoning),
-                        error="Stopped by you.",
-                        finished_at=timezone.now(),
-                    )
-                    publisher.publish([("done", "")])
-                    publisher.flush()
-                    log.info("turn %s cancelled by the user", turn_pk)
-                    return RunOutcome(status=Status.CANCELLED)
     except UpstreamError as exc:
         text = "".join(answer)
         if exc.admin_action:
@@ -375,13 +369,27 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
     return RunOutcome(status=Status.DONE)
 
 
+def _recovered_answer(turn: Turn) -> dict[str, str]:
+    """The lost worker's answer as far as it got: its Redis stream has every word, the last
+    checkpoint only what was there up to PORTAL_CHECKPOINT_SECONDS earlier."""
+    try:
+        answer, reasoning = relay.read_answer(turn.pk, turn.data_id)
+    except Exception:
+        log.warning("turn %s: its answer stream could not be read", turn.pk, exc_info=True)
+        return {}
+    if len(answer) <= len(turn.answer):
+        return {}
+    # A stream that outlived a checkpoint can only be longer: it holds the same words and more.
+    return {"answer": answer.replace("\x00", ""), "reasoning": reasoning.replace("\x00", "")}
+
+
 def sweep_turns() -> dict[str, int]:
     """Rescue turns a lost worker or a lost broker message left behind."""
     now = timezone.now()
     stale = now - timezone.timedelta(seconds=settings.PORTAL_STALE_SECONDS)
     counts = {"requeued": 0, "failed": 0, "resent": 0}
     for turn in Turn.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale).only(
-        "pk", "sent_at", "answer", "data_id"
+        "pk", "sent_at", "answer", "reasoning", "data_id"
     ):
         if turn.sent_at is None:
             # It never reached FastGPT, so sending it again cannot answer it twice.
@@ -394,6 +402,7 @@ def sweep_turns() -> dict[str, int]:
             status=Status.FAILED,
             error="The answer was interrupted (the portal's worker stopped); press Retry.",
             finished_at=now,
+            **_recovered_answer(turn),
         ):
             counts["failed"] += 1
             relay.publish_done(turn.pk, turn.data_id)

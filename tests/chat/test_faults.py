@@ -10,8 +10,9 @@ import time
 import uuid
 
 import pytest
+from django.utils import timezone
 
-from fastgpt_portal.chat import services
+from fastgpt_portal.chat import relay, services
 from fastgpt_portal.chat.models import Conversation, Turn
 from fastgpt_portal.lib.embedded_redis import EmbeddedRedis, free_port
 from fastgpt_portal.upstream.double import DOUBLE_APP_KEY
@@ -166,10 +167,34 @@ def test_a_killed_worker_fails_the_turn_once_and_never_answers_twice(
     turn.refresh_from_db()
     assert turn.status == "failed"
     assert "interrupted" in turn.error
-    assert turn.answer.startswith(partial.answer[:10]), "the checkpointed answer is kept"
+    # Every word that reached Redis is kept: at least the last checkpoint, usually more.
+    streamed, _ = relay.read_answer(turn.pk, turn.data_id)
+    assert turn.answer == streamed and streamed.startswith(partial.answer)
     # A redelivered task finds the turn no longer queued: FastGPT is not asked twice.
     assert services.turn_run(turn_pk=turn.pk).status == "skipped"
     assert len(completions(fastgpt)) == 1
+
+
+@pytest.mark.parametrize(
+    ("stream", "kept"),
+    [
+        ([("delta", "Hello, "), ("status", "Searching"), ("delta", "world and more")],
+         "Hello, world and more"),
+        ([], "Hello, wor"),  # the stream expired or Redis lost it: the checkpoint stays
+    ],
+)  # fmt: skip
+def test_the_sweeper_keeps_the_longest_answer_it_can_find(alice, demo_app, settings, stream, kept):
+    turn = queued_turn(alice, demo_app)
+    stale = timezone.now() - timezone.timedelta(seconds=600)
+    Turn.objects.filter(pk=turn.pk).update(
+        status="running", sent_at=stale, heartbeat_at=stale, answer="Hello, wor"
+    )
+    publisher = relay.Publisher(turn.pk, turn.data_id)
+    publisher.publish(stream)
+    publisher.flush()
+    assert services.sweep_turns()["failed"] == 1
+    turn.refresh_from_db()
+    assert (turn.status, turn.answer) == ("failed", kept)
 
 
 def test_the_sweeper_resends_a_turn_that_never_reached_fastgpt(

@@ -413,7 +413,8 @@ def test_paced_streams_do_not_block_each_other():
         elapsed = asyncio.run(run(double.url))
         spans = [r["writes"][-1] - r["time"] for r in double.received]
 
-    assert len(spans) == 100 and min(spans) >= 0.2  # each stream is paced over 0.2 s...
+    # Each stream is paced over 0.2 s (8 gaps of 25 ms; timer slack may round one down)...
+    assert len(spans) == 100 and min(spans) >= 0.19
     assert elapsed < 1.5  # ...and they run at once: one after the other would take 20 s
 
 
