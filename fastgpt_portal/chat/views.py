@@ -5,6 +5,7 @@ import logging
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -23,6 +24,7 @@ from fastgpt_portal.chat.models import Conversation, Turn
 log = logging.getLogger("fastgpt_portal.chat")
 
 SIDEBAR_SIZE = 30
+HISTORY_PAGE_SIZE = 50
 
 
 def _chat_context(request: HttpRequest, conversation: Conversation | None) -> dict:
@@ -160,10 +162,14 @@ def turn_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def history(request: HttpRequest) -> HttpResponse:
     query = request.GET.get("q", "").strip()[:200]
     conversations = selectors.conversation_list_for_user(user=request.user, query=query)
+    # Pages, not one long table: a user with thousands of conversations got a 500-row page.
+    page = Paginator(conversations, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
     template = "chat/history.html"
     if request.htmx and request.headers.get("HX-Target") == "history-list":
         template += "#history-list"
-    return render(request, template, {"conversations": conversations[:500], "query": query})
+    elif request.htmx and request.headers.get("HX-Target") == "history-more":
+        template += "#history-rows"
+    return render(request, template, {"page": page, "query": query})
 
 
 @login_required

@@ -142,6 +142,34 @@ def test_history_search_returns_the_partial(client, alice, demo_app):
     assert "<html" not in response.text
 
 
+def test_history_comes_in_pages_and_shows_older_ones_on_request(client, alice, demo_app):
+    from fastgpt_portal.chat.views import HISTORY_PAGE_SIZE
+
+    Conversation.objects.bulk_create(
+        Conversation(user=alice, app=demo_app, title=f"Budget chat {i:03}")
+        for i in range(HISTORY_PAGE_SIZE + 5)
+    )
+    ordered = list(
+        Conversation.objects.filter(user=alice)
+        .order_by("-updated", "-pk")
+        .values_list("title", flat=True)
+    )
+    client.force_login(alice)
+    first = client.get("/history/").text
+    assert ordered[0] in first and ordered[HISTORY_PAGE_SIZE - 1] in first
+    assert ordered[HISTORY_PAGE_SIZE] not in first
+    assert f"({HISTORY_PAGE_SIZE} of {HISTORY_PAGE_SIZE + 5} shown)" in first
+    assert 'href="?page=2"' in first, "works without JavaScript too"
+    # htmx swaps the "Show older" row for the next rows (and no further link).
+    more = client.get(
+        "/history/?q=budget&page=2", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="history-more"
+    ).text
+    assert "<html" not in more and "<table" not in more
+    assert all(title in more for title in ordered[HISTORY_PAGE_SIZE:])
+    assert ordered[0] not in more and "Show older" not in more
+    assert client.get("/history/?page=999").status_code == 200  # the last page, not an error
+
+
 def test_deleting_hides_the_conversation_from_its_owner(client, alice, demo_app):
     conversation = Conversation.objects.create(user=alice, app=demo_app, title="Old chat")
     client.force_login(alice)
