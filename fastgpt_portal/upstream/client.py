@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -299,6 +299,18 @@ def _readable(category: str, body: dict) -> tuple[str, bool, bool]:
     return f"FastGPT reported an error: {message}", True, False
 
 
+# How often a question is resent after a reused connection was found closed (see stream_chat).
+STALE_RETRIES = 2
+
+
+def _connect_tracer(connected: list[str]) -> Callable[[str, dict], None]:
+    def trace(event: str, _info: dict) -> None:
+        if event.startswith("connection.connect_tcp"):
+            connected.append(event)
+
+    return trace
+
+
 def _transport_error(exc: httpx.HTTPError, *, phase: str, timeout: float) -> UpstreamError:
     """Map an httpx failure; `phase` is "request" (before the body) or "streaming"."""
     if isinstance(exc, httpx.PoolTimeout):
@@ -428,17 +440,33 @@ class FastGPTClient:
             body["variables"] = variables
         if self.app_id:
             body["appId"] = self.app_id  # only a global key needs it; an app key ignores it
-        phase = "request"
-        try:
-            with self._http.stream(
-                "POST", self._url, json=body, headers=self._headers, timeout=self._timeout
-            ) as response:
-                chunks = self._event_stream(response)
-                phase = "streaming"
-                yield from self._events(_frames(_lines(chunks)))
-        except httpx.HTTPError as exc:
-            # `from None`: httpx's chain adds nothing a reader needs.
-            raise _transport_error(exc, phase=phase, timeout=self._timeout_s) from None
+        for attempt in range(STALE_RETRIES + 1):
+            phase = "request"
+            connected: list[str] = []  # httpcore trace events: empty means a reused connection
+            try:
+                with self._http.stream(
+                    "POST",
+                    self._url,
+                    json=body,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                    extensions={"trace": _connect_tracer(connected)},
+                ) as response:
+                    chunks = self._event_stream(response)
+                    phase = "streaming"
+                    yield from self._events(_frames(_lines(chunks)))
+                return
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if phase == "request" and not connected and attempt < STALE_RETRIES:
+                    # A kept-alive connection FastGPT closed as idle just as we reused it:
+                    # Node drops such a request unread, so sending it again cannot run it
+                    # twice. On a connection of its own the same failure is not retried.
+                    log.info("FastGPT closed a kept-alive connection as it was reused; resending")
+                    continue
+                raise _transport_error(exc, phase=phase, timeout=self._timeout_s) from None
+            except httpx.HTTPError as exc:
+                # `from None`: httpx's chain adds nothing a reader needs.
+                raise _transport_error(exc, phase=phase, timeout=self._timeout_s) from None
 
     def _event_stream(self, response: httpx.Response) -> Iterator[bytes]:
         """The body as an event stream, or the UpstreamError the response stands for."""

@@ -671,3 +671,96 @@ def test_a_shared_client_survives_many_threads(fg):
 
     assert results == [Finished("stop")] * 48
     assert isinstance(shared_http(), httpx.Client)
+
+
+# --------------------------------------------------------------------------- kept-alive sockets
+
+
+class IdleClosingServer:
+    """A raw HTTP server that answers the first request of each connection with a short SSE
+    answer, keeps the connection open, and then closes it unanswered when the next request
+    arrives on it: what Node does when its keep-alive timer fires as the client reuses the
+    socket. With `drop_first`, it also closes a new connection's first request unanswered."""
+
+    def __init__(self, *, drop_first: bool = False) -> None:
+        import threading
+
+        self.drop_first = drop_first
+        self.answered = 0
+        self.dropped = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _read_request(self, conn: socket.socket) -> bool:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = conn.recv(65536)
+            if not more:
+                return False
+            data += more
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(
+            next(
+                line.split(b":")[1] for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )  # fmt: skip
+        while len(body) < length:
+            body += conn.recv(65536)
+        return True
+
+    def _connection(self, conn: socket.socket) -> None:
+        with conn:
+            served = 0
+            while self._read_request(conn):
+                if served or self.drop_first:
+                    self.dropped += 1
+                    return  # closed with the request unanswered
+                sse = (frame(chunk("Hi")) + TAIL).encode()
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    + f"Content-Length: {len(sse)}\r\n\r\n".encode()
+                    + sse
+                )
+                served += 1
+                self.answered += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_kept_alive_socket_closed_as_it_is_reused_is_resent_on_a_new_one():
+    server = IdleClosingServer()
+    try:
+        with httpx.Client(timeout=5) as http:
+            api = FastGPTClient(server.url, APP_KEY, timeout=5, connect_timeout=2, http=http)
+            assert text_of(ask(api)) == "Hi"
+            # The pooled socket is reused, closed unanswered, and the question resent once.
+            assert text_of(ask(api)) == "Hi"
+        assert (server.answered, server.dropped) == (2, 1)
+    finally:
+        server.close()
+
+
+def test_a_new_connection_closed_unanswered_is_not_resent():
+    # FastGPT may have started the workflow: sending again could answer twice.
+    server = IdleClosingServer(drop_first=True)
+    try:
+        with httpx.Client(timeout=5) as http:
+            api = FastGPTClient(server.url, APP_KEY, timeout=5, connect_timeout=2, http=http)
+            error = failure(api)
+        assert error.permanent and "lost before it answered" in error.message
+        assert (server.answered, server.dropped) == (0, 1)
+    finally:
+        server.close()
