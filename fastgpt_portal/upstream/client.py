@@ -79,8 +79,10 @@ def shared_http() -> httpx.Client:
                 limits=httpx.Limits(
                     max_connections=2000,
                     max_keepalive_connections=2000,
-                    # Below Node's 5 s keep-alive, so we never reuse a socket FastGPT is closing.
-                    keepalive_expiry=4.0,
+                    # Well below Node's 5 s keep-alive: our idle clock starts when we have read
+                    # an answer, FastGPT's when it wrote it, and under load reading lags by
+                    # seconds. A socket reused as FastGPT closes it can lose an answer.
+                    keepalive_expiry=2.0,
                 ),
                 follow_redirects=False,
                 headers={"User-Agent": "fastgpt-portal"},
