@@ -36,8 +36,8 @@ def turn_get_for_user(*, user: User, pk: int) -> Turn:
     )
 
 
-async def aturn_get_for_user(*, user: User, pk: int) -> Turn | None:
-    return await Turn.objects.filter(pk=pk, user=user, conversation__deleted_at=None).afirst()
+def turn_get_for_user_or_none(*, user: User, pk: int) -> Turn | None:
+    return Turn.objects.filter(pk=pk, user=user, conversation__deleted_at=None).first()
 
 
 def app_list_for_user(*, user: User) -> QuerySet[App]:

@@ -250,3 +250,42 @@ def test_turns_queued_when_redis_restarts_are_sent_once_it_is_back(
         stop_process(proc)
         redis.stop()
     assert len(completions(fastgpt)) == 3, "each sent exactly once"
+
+
+def test_a_hanging_broker_does_not_hold_the_send_and_the_sweeper_sends_later(
+    client, alice, demo_app, settings, monkeypatch, caplog, django_capture_on_commit_callbacks
+):
+    import threading
+
+    from fastgpt_portal.chat.tasks import run_turn
+
+    release, gave_up = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def hanging_delay(pk: int) -> None:  # Redis accepts the connection, then never answers
+        calls.append(pk)
+        release.wait(10)
+        gave_up.set()
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(run_turn, "delay", hanging_delay)
+    client.force_login(alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/chat/send", {"text": "hello", "app": demo_app.slug}, HTTP_HX_REQUEST="true"
+        )
+    # The browser has its answer while the hand-over to the broker still hangs.
+    assert response.status_code == 200 and not gave_up.is_set()
+    turn = Turn.objects.get()
+    assert wait_until(lambda: calls) == [turn.pk] and turn.status == "queued"
+    release.set()
+    assert services.dispatcher.wait(5)
+    assert f"turn {turn.pk}: could not reach the broker" in caplog.text
+
+    # Once the broker is back, the sweeper sends it.
+    sent: list[int] = []
+    monkeypatch.setattr(run_turn, "delay", sent.append)
+    settings.PORTAL_REQUEUE_SECONDS = 0
+    Turn.objects.filter(pk=turn.pk).update(queued_at=timezone.now() - timezone.timedelta(1))
+    assert services.sweep_turns()["resent"] == 1
+    assert services.dispatcher.wait(5) and sent == [turn.pk]
