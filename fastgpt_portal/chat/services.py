@@ -280,7 +280,6 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
     identity = identity_for(turn.user)
     publisher = relay.Publisher(turn_pk, turn.data_id)
     publisher.publish([("status", "Sending to FastGPT…")])
-    checkpoints.watch(turn_pk, publisher.cancel_key)
 
     answer: list[str] = []
     reasoning: list[str] = []
@@ -304,6 +303,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
         text=turn.question,
     )
     try:
+        checkpoints.watch(turn_pk, publisher.cancel_key)  # every way out of here discards it
         pending: list[tuple[str, str]] = []
         for event in stream:
             if isinstance(event, AnswerDelta):
