@@ -96,6 +96,9 @@ class _Dispatcher:
                 self._thread.start()
             self._idle.clear()
             self._queue.put((turn_pk, countdown))
+        # Yield the GIL, so the dispatcher publishes now rather than after this thread has
+        # rendered its response: the worker's start is on the first token's critical path.
+        time.sleep(0)
 
     def wait(self, timeout: float = 10.0) -> bool:
         """Block until every turn handed over so far is published (tests, shutdown)."""
