@@ -75,10 +75,18 @@ def test_a_user_logs_in_asks_and_watches_the_answer_stream_in(
         expect(sidebar.get_by_role("listitem").first).to_have_text(
             "What does the travel policy say?"
         )
-        expect(sidebar.get_by_text("No conversations yet.")).to_have_count(0)
+        expect(sidebar.get_by_text("No conversations yet.")).to_be_hidden()
         assert sidebar.locator("[aria-current=page]").get_attribute("href") == (
             f"/c/{turn.conversation_id}/"
         )
+        # A second conversation goes on top of the first.
+        page.get_by_role("button", name="New chat").click()
+        page.get_by_label("Message").fill("And the expenses policy?")
+        page.get_by_role("button", name="Send").click()
+        expect(sidebar.get_by_role("listitem")).to_have_text(
+            ["And the expenses policy?", "What does the travel policy say?"]
+        )
+        page.goto(f"{portal_server.url}/c/{turn.conversation_id}/")
 
         # A reload shows the stored answer.
         page.reload()
