@@ -79,6 +79,18 @@ def test_a_user_logs_in_asks_and_watches_the_answer_stream_in(
         assert sidebar.locator("[aria-current=page]").get_attribute("href") == (
             f"/c/{turn.conversation_id}/"
         )
+        # A follow-up's answer ends up in view above the composer, not hidden under it.
+        page.get_by_label("Message").fill("And for trains?")
+        page.get_by_role("button", name="Send").click()
+        follow_up = page.locator("[id^=turn-][data-status]").last
+        expect(follow_up).to_have_attribute("data-status", "done", timeout=20_000)
+
+        def answer_clears_the_composer() -> bool:
+            answer = follow_up.locator(".answer-text").bounding_box()
+            return answer["y"] + answer["height"] <= page.locator("#composer").bounding_box()["y"]
+
+        wait_until(answer_clears_the_composer, timeout=5, message="the answer is under the box")
+
         # A second conversation goes on top of the first.
         page.get_by_role("button", name="New chat").click()
         page.get_by_label("Message").fill("And the expenses policy?")
