@@ -124,6 +124,18 @@ def phase_ttft(stack: Stack, user: dict, pairs: int) -> dict[str, Any]:
              for k, p in (("p50", 50), ("p95", 95), ("p99", 99))}  # fmt: skip
     # Where the portal's time goes, from the client's side.
     send = [r["t_sent"] - r["t0"] for r in portal]
+    # ...and from the worker's, by the turn's own timestamps (all taken by the portal's clock).
+    from fastgpt_portal.chat.models import Turn
+
+    stamps = Turn.objects.filter(pk__in=[r["turn"] for r in portal]).values_list(
+        "queued_at", "started_at", "sent_at", "first_token_at"
+    )
+    breakdown: dict[str, list[float]] = {"dispatch": [], "claim": [], "upstream": []}
+    for queued, started, sent, first in stamps:
+        if queued and started and sent and first:
+            breakdown["dispatch"].append((started - queued).total_seconds())
+            breakdown["claim"].append((sent - started).total_seconds())
+            breakdown["upstream"].append((first - sent).total_seconds())
     return {
         "pairs": pairs,
         "portal_ok": len(portal),
@@ -133,6 +145,8 @@ def phase_ttft(stack: Stack, user: dict, pairs: int) -> dict[str, Any]:
         "added": added,
         "added_paired": analysis.pcts(paired),
         "send_response": analysis.pcts(send),
+        # queued (the INSERT) -> task started; -> question sent; -> first token in the worker.
+        "worker_breakdown": {k: analysis.pcts(v) for k, v in breakdown.items() if v},
         "errors": [r["error"] for r in results if r["error"]][:5],
     }
 
@@ -275,6 +289,11 @@ def table(report: dict[str, Any]) -> str:
          f"{ms(t['portal_ttft']['p50'])} / {ms(t['direct_ttft']['p50'])}", "", ""),
         ("  of which POST /chat/send p50", ms(t["send_response"]["p50"]), "", ""),
     ]  # fmt: skip
+    if w := t.get("worker_breakdown"):
+        rows.append(
+            ("  worker: queued->task / ->sent / ->1st token",
+             " / ".join(ms(w[k]["p50"]) for k in ("dispatch", "claim", "upstream")), "", "")
+        )  # fmt: skip
     for lv in report["concurrency"]:
         n, h = lv["turns"], f"{lv['turns']} streams"
         p99 = lv["added_ttft_p99_ms"]
