@@ -728,13 +728,14 @@ class IdleClosingServer:
                     self.dropped += 1
                     return  # closed with the request unanswered
                 sse = (frame(chunk("Hi")) + TAIL).encode()
+                # Counted before the client can have the answer, so a test may assert at once.
+                served += 1
+                self.answered += 1
                 conn.sendall(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                     + f"Content-Length: {len(sse)}\r\n\r\n".encode()
                     + sse
                 )
-                served += 1
-                self.answered += 1
 
     def close(self) -> None:
         self.sock.close()
