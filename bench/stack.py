@@ -156,6 +156,10 @@ class Stack:
             self.redis = EmbeddedRedis().start()
             self.env["REDIS_URL"] = self.redis.url
         os.environ.update({k: v for k, v in self.env.items() if k != "PYTHONPATH"})
+        from fastgpt_portal.lib.devserver import database_problem
+
+        if problem := database_problem(self.env["DATABASE_URL"]):
+            raise SystemExit(problem)
         subprocess.run(
             [PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=self.env, check=True
         )

@@ -122,3 +122,28 @@ def test_make_run_refuses_a_port_in_use_and_says_so(tmp_path):
     assert result.returncode == 1
     assert f"Port {port} is already in use" in result.stdout
     assert not (tmp_path / "portal.sqlite3").exists(), "nothing was set up"
+
+
+def _postgres_reachable() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _postgres_reachable(), reason="needs a PostgreSQL on 127.0.0.1:5432")
+def test_make_run_names_a_missing_database_at_once(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(
+        PORT=str(free_port()),
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/no_such_portal_database",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "fastgpt_portal.lib.devserver"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    # Said in words, not the pool's "couldn't get a connection after 30.00 sec".
+    assert 'database "no_such_portal_database" does not exist' in result.stdout
+    assert "unset DATABASE_URL to use SQLite" in result.stdout

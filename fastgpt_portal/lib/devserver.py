@@ -53,6 +53,28 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -
     raise RuntimeError(f"nothing is listening on port {port}")
 
 
+def database_problem(url: str) -> str:
+    """Why PostgreSQL at DATABASE_URL cannot be used, in words ("" if it can, or for SQLite).
+
+    Asked once, directly: through Django's pool a missing database or a refused login only
+    shows as "couldn't get a connection after 30 sec", after 30 seconds.
+    """
+    if not url.startswith(("postgres://", "postgresql://")):
+        return ""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split()) or "no reason given"
+        reason = reason.rpartition("FATAL:")[2].strip().rstrip(".?")  # the server's words
+        return (
+            f"DATABASE_URL cannot be used: {reason}. Fix it (for a missing database: "
+            "createdb <name>), or unset DATABASE_URL to use SQLite."
+        )
+    return ""
+
+
 def main() -> int:
     env = os.environ.copy()
     env.setdefault("DEBUG", "true")
@@ -61,6 +83,9 @@ def main() -> int:
     host = env.get("HOST", "127.0.0.1")
     if port_in_use(host, port):
         print(f"Port {port} is already in use. Stop what uses it, or run: make run PORT=8001")
+        return 1
+    if problem := database_problem(env.get("DATABASE_URL", "")):
+        print(problem)
         return 1
     children: list[subprocess.Popen] = []
     redis = None
