@@ -48,6 +48,42 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, message
     raise AssertionError(message or "condition not met in time")
 
 
+def completions(fastgpt) -> list[dict]:
+    """The chat completions requests the double received."""
+    return [r for r in fastgpt.received if r["path"].endswith("/v1/chat/completions")]
+
+
+def finished(pk: int):
+    """The turn if it has finished, else None (for wait_until)."""
+    from fastgpt_portal.chat.models import Turn
+
+    turn = Turn.objects.get(pk=pk)
+    return turn if turn.is_finished else None
+
+
+def read_events(url: str, cookies: dict, headers: dict | None = None, limit: int = 10_000):
+    """A turn's event stream as a browser reads it: until `done` or `limit` events."""
+    events = []
+    with httpx.stream("GET", url, cookies=cookies, headers=headers or {}, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event = {"data": []}
+        for line in response.iter_lines():
+            if line == "":
+                if event.get("event") or event["data"]:
+                    events.append({**event, "data": "\n".join(event["data"])})
+                    if event.get("event") == "done" or len(events) >= limit:
+                        break
+                event = {"data": []}
+            elif line.startswith("data: "):
+                event["data"].append(line[6:])
+            elif line.startswith("event: "):
+                event["event"] = line[7:]
+            elif line.startswith("id: "):
+                event["id"] = line[4:]
+    return events
+
+
 @pytest.fixture(scope="session")
 def double():
     from fastgpt_portal.upstream.double import FastGPTDouble

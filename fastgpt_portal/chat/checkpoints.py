@@ -10,7 +10,9 @@ every word anyway, so the sweeper recovers a lost worker's answer from there
 
 The same thread asks Redis, every CANCEL_POLL_SECONDS and in one round trip, which running
 turns the user stopped, so a turn checks a set in memory between tokens instead of asking
-Redis itself.
+Redis itself; and every HEARTBEAT_SECONDS it marks all of them alive, even while FastGPT is
+silent (a slow first token can take minutes). A killed worker stops beating, which is what the
+sweeper sees.
 
 Only running turns are written: the final state is written by the turn itself, and a checkpoint
 that arrives after it must not overwrite it.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 from django.conf import settings
@@ -30,6 +33,7 @@ from django.utils import timezone
 log = logging.getLogger("fastgpt_portal.chat")
 
 CANCEL_POLL_SECONDS = 0.5
+HEARTBEAT_SECONDS = 15.0
 
 
 class Checkpointer:
@@ -73,19 +77,16 @@ class Checkpointer:
             self._cancelled.discard(turn_pk)
 
     def _loop(self) -> None:
-        last_flush = time.monotonic()
+        last_flush = last_beat = time.monotonic()
         while not self._stop.wait(min(CANCEL_POLL_SECONDS, settings.PORTAL_CHECKPOINT_SECONDS)):
-            try:
-                self.poll_cancels()
-            except Exception:
-                log.exception("reading Stop requests failed")
-            if time.monotonic() - last_flush >= settings.PORTAL_CHECKPOINT_SECONDS:
-                last_flush = time.monotonic()
-                try:
-                    self.flush()
-                except Exception:
-                    log.exception("writing answer checkpoints failed")
-                    close_old_connections()
+            _guarded(self.poll_cancels, "reading Stop requests")
+            now = time.monotonic()
+            if now - last_flush >= settings.PORTAL_CHECKPOINT_SECONDS:
+                last_flush = now
+                _guarded(self.flush, "writing answer checkpoints")
+            if now - last_beat >= HEARTBEAT_SECONDS:
+                last_beat = now
+                _guarded(self.beat, "marking running turns alive")
 
     def poll_cancels(self) -> None:
         from fastgpt_portal.chat import relay
@@ -99,6 +100,16 @@ class Checkpointer:
         with self._lock:
             # Only turns still watched: one that finished meanwhile is gone from the set.
             self._cancelled |= stopped & self._watched.keys()
+
+    def beat(self) -> None:
+        from fastgpt_portal.chat.models import Turn
+
+        with self._lock:
+            running = list(self._watched)
+        if running:
+            Turn.objects.filter(pk__in=running, status=Turn.Status.RUNNING).update(
+                heartbeat_at=timezone.now()
+            )
 
     def flush(self) -> int:
         from fastgpt_portal.chat.models import Turn
@@ -122,6 +133,15 @@ class Checkpointer:
                 rows,
             )
         return len(pending)
+
+
+def _guarded(step: Callable[[], object], what: str) -> None:
+    """One step of the loop; a failure is logged and the next interval tries again."""
+    try:
+        step()
+    except Exception:
+        log.exception("%s failed", what)
+        close_old_connections()
 
 
 checkpoints = Checkpointer()

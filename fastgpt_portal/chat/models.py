@@ -75,7 +75,6 @@ class Turn(models.Model):
     sent_at = models.DateTimeField(
         null=True, blank=True, help_text="When the question was handed to FastGPT."
     )
-    cancel_requested = models.BooleanField(default=False)
     points = models.FloatField(default=0)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)

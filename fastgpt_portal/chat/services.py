@@ -162,8 +162,7 @@ def turn_cancel(*, turn: Turn) -> Turn:
     ):
         relay.publish_done(turn.pk, turn.data_id)
     elif turn.status == Status.RUNNING:
-        Turn.objects.filter(pk=turn.pk, status=Status.RUNNING).update(cancel_requested=True)
-        relay.request_cancel(turn.pk, turn.data_id)
+        relay.request_cancel(turn.pk, turn.data_id)  # the worker polls these (checkpoints)
     turn.refresh_from_db()
     return turn
 
@@ -195,7 +194,6 @@ def turn_retry(*, turn: Turn) -> Turn:
             finished_at=None,
             sent_at=None,
             heartbeat_at=None,
-            cancel_requested=False,
             flow_responses=None,
             interactive=None,
         )
@@ -282,6 +280,8 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
     app = turn.conversation.app
     identity = identity_for(turn.user)
     publisher = relay.Publisher(turn_pk, turn.data_id)
+    # Heartbeats and Stop requests from here on; the task stops following it when it ends.
+    checkpoints.watch(turn_pk, publisher.cancel_key)
     publisher.publish([("status", "Sending to FastGPT…")])
 
     answer: list[str] = []
@@ -306,7 +306,6 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
         text=turn.question,
     )
     try:
-        checkpoints.watch(turn_pk, publisher.cancel_key)  # every way out of here discards it
         pending: list[tuple[str, str]] = []
         for event in stream:
             if isinstance(event, AnswerDelta):

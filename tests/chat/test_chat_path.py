@@ -3,23 +3,13 @@ Redis stream -> ASGI SSE view. Real worker, real Redis, real HTTP; nothing of ou
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from fastgpt_portal.accounts.services import identity_for
 from fastgpt_portal.chat.models import Conversation, Turn
-from tests.conftest import session_cookie, wait_until
+from tests.conftest import completions, finished, read_events, session_cookie, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-
-
-def completions(fastgpt) -> list[dict]:
-    return [r for r in fastgpt.received if r["path"].endswith("/v1/chat/completions")]
-
-
-def finished(pk: int) -> Turn | None:
-    turn = Turn.objects.get(pk=pk)
-    return turn if turn.is_finished else None
 
 
 def send(client, text: str, **extra) -> Turn:
@@ -92,28 +82,6 @@ def test_the_question_is_stored_before_it_is_queued(
     assert turn.question == "Saved first?"
     assert len(callbacks) == 1
     assert completions(fastgpt) == []
-
-
-def read_events(url: str, cookies: dict, headers: dict | None = None, limit: int = 10_000):
-    events = []
-    with httpx.stream("GET", url, cookies=cookies, headers=headers or {}, timeout=20) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        event = {"data": []}
-        for line in response.iter_lines():
-            if line == "":
-                if event.get("event") or event["data"]:
-                    events.append({**event, "data": "\n".join(event["data"])})
-                    if event.get("event") == "done" or len(events) >= limit:
-                        break
-                event = {"data": []}
-            elif line.startswith("data: "):
-                event["data"].append(line[6:])
-            elif line.startswith("event: "):
-                event["event"] = line[7:]
-            elif line.startswith("id: "):
-                event["id"] = line[4:]
-    return events
 
 
 def test_the_answer_streams_to_the_browser_over_sse(

@@ -17,18 +17,17 @@ from fastgpt_portal.chat.models import Conversation, Turn
 from fastgpt_portal.lib.embedded_redis import EmbeddedRedis, free_port
 from fastgpt_portal.upstream.double import DOUBLE_APP_KEY
 from fastgpt_portal.upstream.models import App
-from tests.conftest import ROOT, _child_env, start_worker_process, stop_process, wait_until
+from tests.conftest import (
+    ROOT,
+    _child_env,
+    completions,
+    finished,
+    start_worker_process,
+    stop_process,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-
-
-def completions(fastgpt) -> list[dict]:
-    return [r for r in fastgpt.received if r["path"].endswith("/v1/chat/completions")]
-
-
-def finished(pk: int) -> Turn | None:
-    turn = Turn.objects.get(pk=pk)
-    return turn if turn.is_finished else None
 
 
 def submit(user, app, text="Where is the office?") -> Turn:
@@ -289,3 +288,21 @@ def test_a_hanging_broker_does_not_hold_the_send_and_the_sweeper_sends_later(
     Turn.objects.filter(pk=turn.pk).update(queued_at=timezone.now() - timezone.timedelta(1))
     assert services.sweep_turns()["resent"] == 1
     assert services.dispatcher.wait(5) and sent == [turn.pk]
+
+
+def test_running_turns_are_marked_alive_while_their_worker_follows_them(alice, demo_app):
+    from fastgpt_portal.chat.checkpoints import checkpoints
+
+    followed, abandoned = queued_turn(alice, demo_app), queued_turn(alice, demo_app)
+    old = timezone.now() - timezone.timedelta(seconds=600)
+    Turn.objects.filter(pk__in=[followed.pk, abandoned.pk]).update(
+        status="running", heartbeat_at=old
+    )
+    checkpoints.watch(followed.pk, relay.cancel_key(followed.pk, followed.data_id))
+    try:
+        checkpoints.beat()
+    finally:
+        checkpoints.discard(followed.pk)
+    followed.refresh_from_db()
+    abandoned.refresh_from_db()
+    assert followed.heartbeat_at > old and abandoned.heartbeat_at == old

@@ -11,14 +11,13 @@ import re
 import threading
 from html.parser import HTMLParser
 
-import httpx
 import pytest
 from django.db import connection
 
 from fastgpt_portal.chat import relay
 from fastgpt_portal.chat.models import Conversation, Turn
 from fastgpt_portal.lib.markdown import render
-from tests.conftest import session_cookie, wait_until
+from tests.conftest import finished, read_events, session_cookie, wait_until
 
 # (name, payload). Every one must come out inert, whether it is a question or an answer.
 PAYLOADS: list[tuple[str, str]] = [
@@ -321,29 +320,6 @@ def test_answers_echoing_the_payloads_through_the_worker_are_inert(
         page = client.get(f"/c/{turn.conversation_id}/").text
         assert_inert(page, f"{name}: the answered conversation page")
         assert_raw_clean(turns_section(page), f"{name}: the answered turn")
-
-
-def finished(pk: int) -> Turn | None:
-    turn = Turn.objects.get(pk=pk)
-    return turn if turn.is_finished else None
-
-
-def read_events(url: str, cookies: dict) -> list[dict]:
-    events, event = [], {"data": []}
-    with httpx.stream("GET", url, cookies=cookies, timeout=30) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line == "":
-                if event.get("event"):
-                    events.append({**event, "data": "\n".join(event["data"])})
-                    if event["event"] == "done":
-                        break
-                event = {"data": []}
-            elif line.startswith("data: "):
-                event["data"].append(line[6:])
-            elif line.startswith("event: "):
-                event["event"] = line[7:]
-    return events
 
 
 @pytest.mark.worker
