@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
 from django.db import connection
@@ -62,71 +63,88 @@ def _final_html(pk: int) -> str:
 KEEPALIVE_MS = 15_000
 
 
+def clean_last_id(value: str | None) -> str:
+    """The Last-Event-ID to resume after: one of our stream ids or "done", else the start."""
+    last_id = value or "0-0"
+    if last_id != "done" and not _STREAM_ID.fullmatch(last_id):
+        # The browser echoes our ids; anything else is forged, and one invalid id in the shared
+        # XREAD would stall every answer stream in this process (tests/test_bad_input.py).
+        return "0-0"
+    return last_id
+
+
+async def answer_events(
+    pk: int, data_id: str, finished: bool, last_id: str
+) -> AsyncIterator[bytes]:
+    """A turn's answer as SSE frames: what its Redis stream holds after `last_id`, then what
+    arrives, then the final turn HTML as the `done` event."""
+
+    async def finished_frame() -> bytes:
+        return sse.frame(await _final_html(pk), event="done", id="done")
+
+    if finished or last_id == "done":
+        yield await finished_frame()
+        return
+    # One blocking XREAD per web process serves every open stream (relay.StreamHub): a
+    # connection each would need a Redis connection and a round trip per event per browser.
+    subscription = await relay.stream_hub().subscribe(relay.stream_key(pk, data_id), last_id)
+    try:
+        yield sse.frame("", event="open", retry=2000)
+        while True:
+            entries = await subscription.get(KEEPALIVE_MS / 1000)
+            if not entries:
+                # Quiet for a while: make sure the turn has not finished without us noticing
+                # (its stream may have expired), and keep proxies from closing the connection.
+                if await _finished(pk):
+                    yield await finished_frame()
+                    return
+                yield sse.comment("keep-alive")
+                continue
+            chunks: list[bytes] = []
+            deltas: list[str] = []
+            cursor = last_id
+            for entry_id, fields in entries:
+                cursor = entry_id
+                event = fields.get("e")
+                if event == "delta":
+                    deltas.append(fields.get("d", ""))
+                    continue
+                if deltas:
+                    chunks.append(sse.frame(escape("".join(deltas)), event="delta", id=entry_id))
+                    deltas = []
+                if event == "done":
+                    if chunks:
+                        yield b"".join(chunks)
+                    yield await finished_frame()
+                    return
+                chunks.append(sse.frame(escape(fields.get("d", "")), event=event, id=entry_id))
+            if deltas:
+                chunks.append(sse.frame(escape("".join(deltas)), event="delta", id=cursor))
+            yield b"".join(chunks)
+    finally:
+        subscription.close()
+
+
 async def turn_events(request: HttpRequest, pk: int) -> HttpResponse:
-    """The answer as server-sent events, from the Redis stream; resumes after Last-Event-ID."""
+    """The answer as server-sent events, from the Redis stream; resumes after Last-Event-ID.
+
+    Under ASGI a logged-in user's own turn is answered by EventStreamApp before Django's
+    request cycle; this view answers everything else (401, 404, other session engines) and
+    every request that does not come through asgi.py.
+    """
     authenticated, turn = await _authorise(request, pk)
     if not authenticated:
         return HttpResponse("Log in first.", status=401)
     if turn is None:
         raise Http404("No such turn.")
-    last_id = request.headers.get("Last-Event-ID") or "0-0"
-    if last_id != "done" and not _STREAM_ID.fullmatch(last_id):
-        # The browser echoes our ids; anything else is forged, and one invalid id in the shared
-        # XREAD would stall every answer stream in this process (tests/test_bad_input.py).
-        last_id = "0-0"
-
-    async def finished_frame() -> bytes:
-        return sse.frame(await _final_html(pk), event="done", id="done")
-
-    async def events():
-        if turn.is_finished or last_id == "done":
-            yield await finished_frame()
-            return
-        # One blocking XREAD per web process serves every open stream (relay.StreamHub): a
-        # connection each would need a Redis connection and a round trip per event per browser.
-        subscription = await relay.stream_hub().subscribe(
-            relay.stream_key(pk, turn.data_id), last_id
-        )
-        try:
-            yield sse.frame("", event="open", retry=2000)
-            while True:
-                entries = await subscription.get(KEEPALIVE_MS / 1000)
-                if not entries:
-                    # Quiet for a while: make sure the turn has not finished without us
-                    # noticing (its stream may have expired), and keep proxies from closing
-                    # the connection.
-                    if await _finished(pk):
-                        yield await finished_frame()
-                        return
-                    yield sse.comment("keep-alive")
-                    continue
-                chunks: list[bytes] = []
-                deltas: list[str] = []
-                cursor = last_id
-                for entry_id, fields in entries:
-                    cursor = entry_id
-                    event = fields.get("e")
-                    if event == "delta":
-                        deltas.append(fields.get("d", ""))
-                        continue
-                    if deltas:
-                        chunks.append(
-                            sse.frame(escape("".join(deltas)), event="delta", id=entry_id)
-                        )
-                        deltas = []
-                    if event == "done":
-                        if chunks:
-                            yield b"".join(chunks)
-                        yield await finished_frame()
-                        return
-                    chunks.append(sse.frame(escape(fields.get("d", "")), event=event, id=entry_id))
-                if deltas:
-                    chunks.append(sse.frame(escape("".join(deltas)), event="delta", id=cursor))
-                yield b"".join(chunks)
-        finally:
-            subscription.close()
-
-    response = StreamingHttpResponse(events(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache, no-transform"
-    response["X-Accel-Buffering"] = "no"
+    last_id = clean_last_id(request.headers.get("Last-Event-ID"))
+    response = StreamingHttpResponse(
+        answer_events(pk, turn.data_id, turn.is_finished, last_id),
+        content_type="text/event-stream",
+    )
+    for name, value in STREAM_HEADERS:
+        response[name] = value
     return response
+
+
+STREAM_HEADERS = (("Cache-Control", "no-cache, no-transform"), ("X-Accel-Buffering", "no"))
