@@ -215,8 +215,10 @@ PORTAL_REQUEUE_SECONDS = envint("PORTAL_REQUEUE_SECONDS", 60)
 PORTAL_STREAM_TTL_SECONDS = envint("PORTAL_STREAM_TTL_SECONDS", 3600)
 # While answers stream, the worker writes to Redis and each web process reads from it at most
 # once per this many milliseconds, so a thousand streams cost a few round trips, not one per
-# token. The first event after a quiet spell goes through at once (no added first-token time).
+# token. The window grows with the number of answers streaming (by this much per 50) up to
+# PORTAL_COALESCE_MAX_MS. A lone answer and every answer's first token go through at once.
 PORTAL_COALESCE_MS = envint("PORTAL_COALESCE_MS", 15)
+PORTAL_COALESCE_MAX_MS = envint("PORTAL_COALESCE_MAX_MS", 50)
 # Transient upstream failures (connect errors, proxy 502/503/504, 429) are retried this many
 # times in all, waiting base * 2^n seconds (with jitter, at most max) between tries.
 PORTAL_RETRY_ATTEMPTS = envint("PORTAL_RETRY_ATTEMPTS", 4)

@@ -82,6 +82,18 @@ def async_redis() -> aioredis.Redis:
 # ---------------------------------------------------------------------------- writing
 
 
+def coalesce_window(streams: int) -> float:
+    """Seconds between Redis writes (worker) or reads (web) while `streams` answers stream.
+
+    PORTAL_COALESCE_MS for a few streams, growing with their number up to
+    PORTAL_COALESCE_MAX_MS: each write and each read costs the same whatever it carries, and
+    the hub's read names every stream, so under load a longer window makes each carry more.
+    A 20-token/s answer is one token per 50 ms: a window that long merges its deltas in pairs.
+    """
+    base = settings.PORTAL_COALESCE_MS / 1000
+    return max(base, min(base * streams / 50, settings.PORTAL_COALESCE_MAX_MS / 1000))
+
+
 class _Writer:
     """One thread per process that writes every turn's queued events in one round trip.
 
@@ -91,75 +103,89 @@ class _Writer:
     next publish (or flush), as a direct write would have been.
     """
 
+    RECENT_SECONDS = 2.0  # a stream written within this counts as streaming
+
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._work = threading.Condition(lock)  # the writer waits here for events
+        self._written = threading.Condition(lock)  # flush() waits here for writes
         self._queue: deque[tuple[str, list[tuple[str, str]]]] = deque()
         self._errors: dict[str, Exception] = {}
         self._sent = 0  # batches written, for flush()
         self._taken = 0
         self._thread: threading.Thread | None = None
         self._last_write = 0.0  # monotonic time the last batch was taken
-        self._several = False  # whether it held events of more than one turn
+        self._urgent = False  # a first answer token is queued: write it now
+        # Only the writer thread touches these two.
+        self._seen: dict[str, float] = {}  # stream key -> when it was last written
+        self._ttl_set: dict[str, float] = {}  # stream key -> when its TTL was last set
+        self._pruned = 0.0
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._loop, name="relay-writer", daemon=True)
             self._thread.start()
 
-    def submit(self, key: str, entries: list[tuple[str, str]]) -> int:
-        """Queue entries for `key`; returns a ticket that flush() can wait for."""
-        with self._cond:
+    def submit(self, key: str, entries: list[tuple[str, str]], urgent: bool = False) -> int:
+        """Queue entries for `key`; returns a ticket that flush() can wait for. `urgent`
+        entries (a turn's first token) are written at once, whatever the window."""
+        with self._work:
             error = self._errors.pop(key, None)
             if error is not None:
                 raise error
             self._ensure_thread()
             self._queue.append((key, entries))
-            self._cond.notify()
+            if urgent:
+                self._urgent = True
+                self._work.notify()
+            elif len(self._queue) == 1:
+                self._work.notify()  # the writer sleeps only on an empty queue or a window
             return self._taken + len(self._queue)
 
     def flush(self, ticket: int, key: str, timeout: float = 10.0) -> None:
         """Wait until everything up to `ticket` is written; raise the write's error, if any."""
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self._written:
             while self._sent < ticket:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise redis.TimeoutError("the relay writer did not write in time")
-                self._cond.wait(left)
+                self._written.wait(left)
             error = self._errors.pop(key, None)
         if error is not None:
             raise error
 
     def _loop(self) -> None:
         while True:
-            with self._cond:
+            with self._work:
                 while not self._queue:
-                    self._cond.wait()
-            # While several turns stream, at most one write per window: the events of every
-            # turn pile up and go out in one pipelined write, instead of a round trip per
-            # token. A lone turn (and so every first token after a quiet spell) is not held.
-            wait = self._last_write + settings.PORTAL_COALESCE_MS / 1000 - time.monotonic()
-            if self._several and wait > 0:
-                time.sleep(wait)
-            with self._cond:
+                    self._work.wait()
+                # While several turns stream, at most one write per window: the events of
+                # every turn pile up and go out in one pipelined write, instead of a round
+                # trip per token. A lone turn, and any turn's first token, is not held.
+                streams = len(self._seen)
+                if streams > 1:
+                    deadline = self._last_write + coalesce_window(streams)
+                    while not self._urgent and (left := deadline - time.monotonic()) > 0:
+                        self._work.wait(left)
+                self._urgent = False
                 batch = list(self._queue)
                 self._queue.clear()
                 self._taken += len(batch)
                 self._last_write = time.monotonic()
-                self._several = len({key for key, _ in batch}) > 1
             try:
                 self._write(batch)
             except Exception as exc:
                 log.warning("relay: writing %d event batches to Redis failed: %s", len(batch), exc)
-                with self._cond:
+                with self._work:
                     for key, _ in batch:
                         self._errors[key] = exc
-            with self._cond:
+                        self._ttl_set.pop(key, None)  # set it again with the next write
+            with self._written:
                 self._sent += len(batch)
-                self._cond.notify_all()
+                self._written.notify_all()
 
-    @staticmethod
-    def _write(batch: list[tuple[str, list[tuple[str, str]]]]) -> None:
+    def _write(self, batch: list[tuple[str, list[tuple[str, str]]]]) -> None:
         by_key: dict[str, list[tuple[str, str]]] = {}
         for key, entries in batch:
             merged = by_key.setdefault(key, [])
@@ -171,10 +197,20 @@ class _Writer:
                     merged.append((event, data))
         pipe = sync_redis().pipeline(transaction=False)
         ttl = settings.PORTAL_STREAM_TTL_SECONDS
+        now = time.monotonic()
         for key, entries in by_key.items():
             for event, data in entries:
                 pipe.xadd(key, {"e": event, "d": data}, maxlen=STREAM_MAXLEN, approximate=True)
-            pipe.expire(key, ttl)
+            # The TTL once per stream, and again only if it streams for a tenth of it: an
+            # EXPIRE with every write was half the commands.
+            if now - self._ttl_set.get(key, -ttl) >= ttl / 10:
+                pipe.expire(key, ttl)
+                self._ttl_set[key] = now
+            self._seen[key] = now
+        if now - self._pruned > 1.0:
+            self._pruned = now
+            self._seen = {k: t for k, t in self._seen.items() if now - t < self.RECENT_SECONDS}
+            self._ttl_set = {k: t for k, t in self._ttl_set.items() if k in self._seen}
         pipe.execute()
 
 
@@ -189,9 +225,9 @@ class Publisher:
         self.cancel_key = cancel_key(turn_pk, data_id)
         self._ticket = 0
 
-    def publish(self, entries: list[tuple[str, str]]) -> None:
+    def publish(self, entries: list[tuple[str, str]], urgent: bool = False) -> None:
         if entries:
-            self._ticket = _writer.submit(self.key, entries)
+            self._ticket = _writer.submit(self.key, entries, urgent)
 
     def flush(self) -> None:
         """Block until this turn's events so far are in Redis."""
@@ -384,7 +420,7 @@ class StreamHub:
                 # Several streams are busy: at most one read per window, so each brings the
                 # entries of many. Every XREAD names every followed stream: one read per entry
                 # would cost O(streams) per token. A lone stream is never held.
-                wait = read_at + settings.PORTAL_COALESCE_MS / 1000 - time.monotonic()
+                wait = read_at + coalesce_window(len(self._subs)) - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
 

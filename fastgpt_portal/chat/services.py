@@ -358,6 +358,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
     nodes: list[dict] = []
     interactive: dict | None = None
     got_first = False
+    sent_first = False  # whether the first token has been handed to the relay
     first_token_at: datetime | None = None
     last_checkpoint = time.monotonic()
     checkpoint_every = settings.PORTAL_CHECKPOINT_SECONDS
@@ -405,7 +406,9 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
             elif isinstance(event, NodeResponse):
                 nodes.append(event.item)
             if pending:
-                publisher.publish(pending)
+                # The first token is written at once, whatever the coalescing window.
+                publisher.publish(pending, urgent=got_first and not sent_first)
+                sent_first = got_first
                 pending = []
             if checkpoints.cancelled(turn_pk):
                 stream.close()  # v1: closing the connection stops the workflow upstream

@@ -1,0 +1,57 @@
+"""The relay's writer (chat.relay._Writer) against the real Redis: what it holds back under
+load and what it never holds back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from fastgpt_portal.chat import relay
+
+
+@pytest.fixture
+def keys():
+    made = [f"portal:test:{uuid.uuid4().hex}:{i}" for i in range(3)]
+    yield made
+    relay.sync_redis().delete(*made)
+
+
+def write(writer: relay._Writer, key: str, text: str, urgent: bool = False) -> float:
+    """Seconds until the entry is in Redis."""
+    start = time.monotonic()
+    writer.flush(writer.submit(key, [("delta", text)], urgent), key)
+    return time.monotonic() - start
+
+
+def test_the_window_grows_with_the_streams_up_to_its_cap(settings):
+    settings.PORTAL_COALESCE_MS, settings.PORTAL_COALESCE_MAX_MS = 15, 50
+    assert relay.coalesce_window(1) == relay.coalesce_window(50) == 0.015
+    assert relay.coalesce_window(100) == pytest.approx(0.030)
+    assert relay.coalesce_window(1000) == 0.050
+
+
+def test_under_load_writes_wait_for_the_window_but_a_first_token_does_not(settings, keys):
+    settings.PORTAL_COALESCE_MS = settings.PORTAL_COALESCE_MAX_MS = 1500
+    writer = relay._Writer()
+    assert write(writer, keys[0], "alone") < 0.75, "a lone stream is never held"
+    write(writer, keys[1], "second stream")  # now two streams at once: the window applies
+
+    assert write(writer, keys[2], "first token", urgent=True) < 0.75
+    assert write(writer, keys[0], "a later token") >= 1.0
+    entries = relay.sync_redis().xrange(keys[0])
+    assert [fields["d"] for _, fields in entries] == ["alone", "a later token"]
+
+
+def test_the_ttl_is_set_with_the_first_write_not_with_every_one(settings, keys):
+    settings.PORTAL_STREAM_TTL_SECONDS = 100
+    writer = relay._Writer()
+    write(writer, keys[0], "one")
+    assert 99 <= relay.sync_redis().ttl(keys[0]) <= 100
+    relay.sync_redis().expire(keys[0], 50)  # stands in for time passing
+    write(writer, keys[0], "two")
+    assert relay.sync_redis().ttl(keys[0]) <= 50, "not refreshed within a tenth of the TTL"
+    writer._ttl_set[keys[0]] -= 11  # a tenth of the TTL later
+    write(writer, keys[0], "three")
+    assert relay.sync_redis().ttl(keys[0]) >= 99
