@@ -124,18 +124,8 @@ def phase_ttft(stack: Stack, user: dict, pairs: int) -> dict[str, Any]:
              for k, p in (("p50", 50), ("p95", 95), ("p99", 99))}  # fmt: skip
     # Where the portal's time goes, from the client's side.
     send = [r["t_sent"] - r["t0"] for r in portal]
-    # ...and from the worker's, by the turn's own timestamps (all taken by the portal's clock).
-    from fastgpt_portal.chat.models import Turn
-
-    stamps = Turn.objects.filter(pk__in=[r["turn"] for r in portal]).values_list(
-        "queued_at", "started_at", "sent_at", "first_token_at"
-    )
-    breakdown: dict[str, list[float]] = {"dispatch": [], "claim": [], "upstream": []}
-    for queued, started, sent, first in stamps:
-        if queued and started and sent and first:
-            breakdown["dispatch"].append((started - queued).total_seconds())
-            breakdown["claim"].append((sent - started).total_seconds())
-            breakdown["upstream"].append((first - sent).total_seconds())
+    # ...and from the worker's, by the turn's own timestamps.
+    breakdown = worker_breakdown([r["turn"] for r in portal])
     return {
         "pairs": pairs,
         "portal_ok": len(portal),
@@ -146,9 +136,27 @@ def phase_ttft(stack: Stack, user: dict, pairs: int) -> dict[str, Any]:
         "added_paired": analysis.pcts(paired),
         "send_response": analysis.pcts(send),
         # queued (the INSERT) -> task started; -> question sent; -> first token in the worker.
-        "worker_breakdown": {k: analysis.pcts(v) for k, v in breakdown.items() if v},
+        "worker_breakdown": breakdown,
         "errors": [r["error"] for r in results if r["error"]][:5],
     }
+
+
+def worker_breakdown(pks: list[int]) -> dict[str, dict[str, float]]:
+    """Percentiles, in seconds, of queued (the INSERT) -> task started ("dispatch"), -> question
+    sent ("claim"), -> first token in the worker ("upstream"), from the turns' own timestamps
+    (all taken by the portal's clock)."""
+    from fastgpt_portal.chat.models import Turn
+
+    stamps = Turn.objects.filter(pk__in=pks).values_list(
+        "queued_at", "started_at", "sent_at", "first_token_at"
+    )
+    breakdown: dict[str, list[float]] = {"dispatch": [], "claim": [], "upstream": []}
+    for queued, started, sent, first in stamps:
+        if queued and started and sent and first:
+            breakdown["dispatch"].append((started - queued).total_seconds())
+            breakdown["claim"].append((sent - started).total_seconds())
+            breakdown["upstream"].append((first - sent).total_seconds())
+    return {k: analysis.pcts(v) for k, v in breakdown.items() if v}
 
 
 def phase_concurrency(
@@ -211,6 +219,10 @@ def phase_concurrency(
         "peak_streaming": peak_streaming,
         "added_ttft_ms": {k: v * 1000 for k, v in analysis.pcts(added).items()},
         "added_ttft_p99_ms": analysis.percentile(added, 99) * 1000,
+        # Where the first token's time goes under load: the client's POST /chat/send, and the
+        # worker's share by the turns' timestamps.
+        "send_response": analysis.pcts([r["t_sent"] - r["t0"] for r in results if r.get("t_sent")]),
+        "worker_breakdown": worker_breakdown([r["turn"] for r in results if r.get("turn")]),
         "tokens_sent": sent,
         "tokens_delivered": read,
         "tokens_per_s_sent": sent_rate,
@@ -305,6 +317,11 @@ def table(report: dict[str, Any]) -> str:
              "100%", _yes(lv["completed"] == n)),
             (f"{h}: added TTFT p50 / p99", f"{lv['added_ttft_ms']['p50']:.0f} / {p99:.0f} ms",
              "<= 250 ms" if n >= 1000 else "", _yes(p99 <= 250) if n >= 1000 else ""),
+            (f"{h}: send / queued->task / ->1st token p50",
+             " / ".join(f"{1000 * v:.0f}" for v in (
+                 lv["send_response"]["p50"], lv["worker_breakdown"]["dispatch"]["p50"],
+                 lv["worker_breakdown"]["claim"]["p50"] + lv["worker_breakdown"]["upstream"]["p50"]
+             )) + " ms", "", ""),
             (f"{h}: tokens/s delivered / sent",
              f"{lv['tokens_per_s_delivered']:.0f} / {lv['tokens_per_s_sent']:.0f}", "", ""),
             (f"{h}: chunk double->client p50/p99", f"{c['p50']:.1f} / {c['p99']:.1f} ms", "", ""),
@@ -337,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-workers", type=int, default=StackConfig.web_workers)
     parser.add_argument("--pool", default=StackConfig.worker_pool)
     parser.add_argument("--concurrency", type=int, default=StackConfig.worker_concurrency)
+    parser.add_argument(
+        "--worker-processes", type=int, default=StackConfig.worker_processes,
+        help="Celery worker processes, each with --concurrency threads",
+    )  # fmt: skip
     parser.add_argument("--ramp", type=float, default=None, help="seconds to start all turns")
     args = parser.parse_args(argv)
     pairs = args.pairs or (200 if args.quick else 500)
@@ -345,8 +366,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     config = StackConfig(
-        web_workers=args.web_workers, worker_pool=args.pool, worker_concurrency=args.concurrency
-    )
+        web_workers=args.web_workers, worker_pool=args.pool, worker_concurrency=args.concurrency,
+        worker_processes=args.worker_processes,
+    )  # fmt: skip
     stack = Stack(config)
     report: dict[str, Any] = {}
     failed = True
@@ -358,11 +380,13 @@ def main(argv: list[str] | None = None) -> int:
         users = stack.users(max(levels))
         print(f"Stack up in {time.monotonic() - started:.1f} s: {stack.database}, "
               f"Redis {stack.env['REDIS_URL']}, web x{config.web_workers}, "
-              f"worker {config.worker_pool} x{config.worker_concurrency}", flush=True)  # fmt: skip
+              f"worker {config.worker_processes} x {config.worker_pool} "
+              f"x{config.worker_concurrency}", flush=True)  # fmt: skip
         warm_up(stack, users)
         report = {"machine": machine(), "config": {
             "database": stack.database, "web_workers": config.web_workers,
             "worker_pool": config.worker_pool, "worker_concurrency": config.worker_concurrency,
+            "worker_processes": config.worker_processes,
             "quick": args.quick, "token_rate": TOKEN_RATE, "tokens": TOKENS}}  # fmt: skip
         report["ttft"] = phase_ttft(stack, users[0], pairs)
         print(f"TTFT phase done ({time.monotonic() - started:.0f} s)", flush=True)
