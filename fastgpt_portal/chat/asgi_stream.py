@@ -74,7 +74,8 @@ def _owned_turn(session_key: str, pk: int) -> tuple[str, bool] | None:
     """(data_id, finished) of turn `pk` when the session is a live login of its owner."""
     try:
         with connection.cursor() as cursor:
-            cursor.execute(_sql(), [session_key, timezone.now(), pk])
+            now = connection.ops.adapt_datetimefield_value(timezone.now())
+            cursor.execute(_sql(), [session_key, now, pk])
             row = cursor.fetchone()
     finally:
         streaming._release_connection()

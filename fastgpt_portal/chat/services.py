@@ -297,7 +297,8 @@ def _SQL() -> dict[str, str]:  # noqa: N802 - constants, built once the models a
         ),
         "load": (
             f"SELECT t.{col('data_id').column}, t.{col('question').column},"  # noqa: S608
-            f" t.{col('attempts').column}, t.{col('user').column}, c.chat_id,"
+            f" t.{col('attempts').column}, t.{col('user').column},"
+            f" c.{c.get_field('chat_id').column},"
             f" i.{i.get_field('custom_uid').column}, {app_columns}"
             f" FROM {t.db_table} t"
             f" JOIN {c.db_table} c ON c.{c.pk.column} = t.{col('conversation').column}"
