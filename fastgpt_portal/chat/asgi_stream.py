@@ -78,7 +78,7 @@ def _owned_turn(session_key: str, pk: int) -> tuple[str, bool] | None:
             cursor.execute(_sql(), [session_key, now, pk])
             row = cursor.fetchone()
     finally:
-        streaming._release_connection()
+        streaming.release_connection()
     if row is None:
         return None
     session_data, user_id, password, is_active, status, data_id = row
@@ -118,9 +118,10 @@ def _is_secure(scope: Scope) -> bool:
     return False
 
 
-def _response_headers(secure: bool) -> list[tuple[bytes, bytes]]:
+@cache
+def _response_headers(secure: bool) -> tuple[tuple[bytes, bytes], ...]:
     """What Django's middleware would add to the view's response (tests/test_asgi_stream.py
-    compares the two)."""
+    compares the two). Built once, like _enabled(): it reads only settings."""
     headers = [("Content-Type", "text/event-stream"), *streaming.STREAM_HEADERS]
     headers.append(("Vary", "Cookie"))
     if settings.SECURE_CONTENT_TYPE_NOSNIFF:
@@ -143,7 +144,7 @@ def _response_headers(secure: bool) -> list[tuple[bytes, bytes]]:
         if settings.SECURE_HSTS_PRELOAD:
             hsts += "; preload"
         headers.append(("Strict-Transport-Security", hsts))
-    return [(k.lower().encode(), v.encode("latin-1")) for k, v in headers]
+    return tuple((k.lower().encode(), v.encode("latin-1")) for k, v in headers)
 
 
 class EventStreamApp:

@@ -268,7 +268,6 @@ def _mark_app_health(app: App, error: UpstreamError | None) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Claimed:
-    pk: int
     data_id: str
     question: str
     attempts: int
@@ -277,6 +276,7 @@ class _Claimed:
 
 
 _APP_FIELDS = ("id", "slug", "base_url", "api_key", "fastgpt_app_id", "healthy")
+_API_KEY = _APP_FIELDS.index("api_key")
 
 
 @cache
@@ -328,11 +328,9 @@ def _claim(turn_pk: int) -> tuple[_Claimed, App, str | None] | None:
         cursor.execute(_SQL()["load"], [turn_pk])
         data_id, question, attempts, user_id, chat_id, custom_uid, *app_values = cursor.fetchone()
     key = App._meta.get_field("api_key")
-    app_values[_APP_FIELDS.index("api_key")] = key.from_db_value(
-        app_values[_APP_FIELDS.index("api_key")], None, connection
-    )
+    app_values[_API_KEY] = key.from_db_value(app_values[_API_KEY], None, connection)
     app = App.from_db(connection.alias, list(_APP_FIELDS), app_values)
-    turn = _Claimed(turn_pk, data_id, question, attempts, user_id, chat_id)
+    turn = _Claimed(data_id, question, attempts, user_id, chat_id)
     return turn, app, custom_uid
 
 
@@ -359,7 +357,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
     nodes: list[dict] = []
     interactive: dict | None = None
     got_first = False
-    sent_first = False  # whether the first token has been handed to the relay
+    urgent = False  # the first token is in `pending`: written at once, whatever the window
     first_token_at: datetime | None = None
     last_checkpoint = time.monotonic()
     checkpoint_every = settings.PORTAL_CHECKPOINT_SECONDS
@@ -393,6 +391,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
                     got_first = True
                     pending.insert(0, ("status", ""))  # the answer itself now shows progress
                     first_token_at = timezone.now()  # written with the next checkpoint
+                    urgent = True
             elif isinstance(event, NodeStatus):
                 pending.append(("status", event.name))
             elif isinstance(event, ToolEvent) and event.kind == "toolCall":
@@ -407,10 +406,8 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
             elif isinstance(event, NodeResponse):
                 nodes.append(event.item)
             if pending:
-                # The first token is written at once, whatever the coalescing window.
-                publisher.publish(pending, urgent=got_first and not sent_first)
-                sent_first = got_first
-                pending = []
+                publisher.publish(pending, urgent)
+                pending, urgent = [], False
             if checkpoints.cancelled(turn_pk):
                 stream.close()  # v1: closing the connection stops the workflow upstream
                 checkpoints.discard(turn_pk)

@@ -22,7 +22,7 @@ _STREAM_ID = re.compile(r"(?:0|[1-9]\d{0,18})-(?:0|[1-9]\d{0,18})")
 log = logging.getLogger("fastgpt_portal.chat")
 
 
-def _release_connection() -> None:
+def release_connection() -> None:
     # Django closes a request's database connection when its response ends, and an answer
     # stream lasts seconds to minutes: give it back (to the pool) while waiting, or a thousand
     # open streams hold a thousand connections (PostgreSQL's default limit is 100). Inside a
@@ -40,7 +40,7 @@ def _authorise(request: HttpRequest, pk: int) -> tuple[bool, Turn | None]:
             return False, None
         return True, selectors.turn_get_for_user_or_none(user=request.user, pk=pk)
     finally:
-        _release_connection()
+        release_connection()
 
 
 @sync_to_async
@@ -48,7 +48,7 @@ def _finished(pk: int) -> bool:
     try:
         return Turn.objects.filter(pk=pk, status__in=Turn.FINISHED).exists()
     finally:
-        _release_connection()
+        release_connection()
 
 
 @sync_to_async
@@ -57,10 +57,12 @@ def _final_html(pk: int) -> str:
         turn = Turn.objects.select_related("conversation__app").get(pk=pk)
         return render_to_string("chat/chat.html#turn", {"turn": turn})
     finally:
-        _release_connection()
+        release_connection()
 
 
 KEEPALIVE_MS = 15_000
+# Set by the view and by asgi_stream alike: no proxy may buffer or transform the stream.
+STREAM_HEADERS = (("Cache-Control", "no-cache, no-transform"), ("X-Accel-Buffering", "no"))
 
 
 def clean_last_id(value: str | None) -> str:
@@ -145,6 +147,3 @@ async def turn_events(request: HttpRequest, pk: int) -> HttpResponse:
     for name, value in STREAM_HEADERS:
         response[name] = value
     return response
-
-
-STREAM_HEADERS = (("Cache-Control", "no-cache, no-transform"), ("X-Accel-Buffering", "no"))
