@@ -99,8 +99,14 @@ class _Writer:
 
     publish() only appends to a queue, so a turn's thread goes straight back to reading
     FastGPT; while the writer waits for Redis, the next events of all turns pile up and go out
-    together. Events keep their order per stream. A failed write is raised to the turn at its
-    next publish (or flush), as a direct write would have been.
+    together. Events keep their order per stream: one batch is written at a time. A failed
+    write is raised to the turn at its next publish (or flush), as a direct write would have
+    been.
+
+    A turn's first token is the exception: the turn's own thread writes it, with whatever has
+    queued up, before it reads on. Handed to the writer thread it waited for the GIL, which the
+    turn's thread keeps while it parses the rest of a burst from FastGPT: up to the 5 ms switch
+    interval, and 4 ms of the first token's time in `make bench` (bench/RESULTS.md).
     """
 
     RECENT_SECONDS = 2.0  # a stream written within this counts as streaming
@@ -116,7 +122,8 @@ class _Writer:
         self._thread: threading.Thread | None = None
         self._last_write = 0.0  # monotonic time the last batch was taken
         self._urgent = False  # a first answer token is queued: write it now
-        # Only the writer thread touches these two.
+        self._writing = False  # a batch is being written, by the writer or a first token's turn
+        # Only the thread writing a batch touches these three.
         self._seen: dict[str, float] = {}  # stream key -> when it was last written
         self._ttl_set: dict[str, float] = {}  # stream key -> when its TTL was last set
         self._pruned = 0.0
@@ -128,19 +135,26 @@ class _Writer:
 
     def submit(self, key: str, entries: list[tuple[str, str]], urgent: bool = False) -> int:
         """Queue entries for `key`; returns a ticket that flush() can wait for. `urgent`
-        entries (a turn's first token) are written at once, whatever the window."""
+        entries (a turn's first token) are written at once, whatever the window: by the
+        calling thread unless a write is under way (then right after it)."""
         with self._work:
             error = self._errors.pop(key, None)
             if error is not None:
                 raise error
             self._ensure_thread()
             self._queue.append((key, entries))
-            if urgent:
+            ticket = self._taken + len(self._queue)
+            if not urgent:
+                if len(self._queue) == 1:
+                    self._work.notify()  # the writer sleeps only on an empty queue or a window
+                return ticket
+            if self._writing:
                 self._urgent = True
                 self._work.notify()
-            elif len(self._queue) == 1:
-                self._work.notify()  # the writer sleeps only on an empty queue or a window
-            return self._taken + len(self._queue)
+                return ticket
+            batch = self._take()
+        self._write_batch(batch)
+        return ticket
 
     def flush(self, ticket: int, key: str, timeout: float = 10.0) -> None:
         """Wait until everything up to `ticket` is written; raise the write's error, if any."""
@@ -155,10 +169,36 @@ class _Writer:
         if error is not None:
             raise error
 
+    def _take(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Everything queued, as the next batch to write (the lock is held)."""
+        batch = list(self._queue)
+        self._queue.clear()
+        self._taken += len(batch)
+        self._last_write = time.monotonic()
+        self._urgent = False
+        self._writing = True
+        return batch
+
+    def _write_batch(self, batch: list[tuple[str, list[tuple[str, str]]]]) -> None:
+        try:
+            self._write(batch)
+        except Exception as exc:
+            log.warning("relay: writing %d event batches to Redis failed: %s", len(batch), exc)
+            with self._work:
+                for key, _ in batch:
+                    self._errors[key] = exc
+                    self._ttl_set.pop(key, None)  # set it again with the next write
+        with self._written:
+            self._sent += len(batch)
+            self._writing = False
+            self._written.notify_all()
+            if self._queue:
+                self._work.notify()  # the writer may be waiting for this write to end
+
     def _loop(self) -> None:
         while True:
             with self._work:
-                while not self._queue:
+                while not self._queue or self._writing:
                     self._work.wait()
                 # While several turns stream, at most one write per window: the events of
                 # every turn pile up and go out in one pipelined write, instead of a round
@@ -168,22 +208,10 @@ class _Writer:
                     deadline = self._last_write + coalesce_window(streams)
                     while not self._urgent and (left := deadline - time.monotonic()) > 0:
                         self._work.wait(left)
-                self._urgent = False
-                batch = list(self._queue)
-                self._queue.clear()
-                self._taken += len(batch)
-                self._last_write = time.monotonic()
-            try:
-                self._write(batch)
-            except Exception as exc:
-                log.warning("relay: writing %d event batches to Redis failed: %s", len(batch), exc)
-                with self._work:
-                    for key, _ in batch:
-                        self._errors[key] = exc
-                        self._ttl_set.pop(key, None)  # set it again with the next write
-            with self._written:
-                self._sent += len(batch)
-                self._written.notify_all()
+                    if self._writing or not self._queue:
+                        continue  # a first token's turn took the queue meanwhile
+                batch = self._take()
+            self._write_batch(batch)
 
     def _write(self, batch: list[tuple[str, list[tuple[str, str]]]]) -> None:
         by_key: dict[str, list[tuple[str, str]]] = {}

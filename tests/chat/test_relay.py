@@ -3,6 +3,7 @@ load and what it never holds back."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -55,3 +56,42 @@ def test_the_ttl_is_set_with_the_first_write_not_with_every_one(settings, keys):
     writer._ttl_set[keys[0]] -= 11  # a tenth of the TTL later
     write(writer, keys[0], "three")
     assert relay.sync_redis().ttl(keys[0]) >= 99
+
+
+def test_a_first_token_is_in_redis_when_publish_returns_after_what_queued_before_it(settings, keys):
+    settings.PORTAL_COALESCE_MS = settings.PORTAL_COALESCE_MAX_MS = 1500
+    writer = relay._Writer()
+    write(writer, keys[0], "alone")
+    write(writer, keys[1], "second stream")  # two streams: the writer now holds to its window
+    writer.submit(keys[2], [("status", "AI chat")])
+    writer.submit(keys[0], [("delta", "held")])
+
+    writer.submit(keys[2], [("delta", "first token")], urgent=True)
+
+    entries = relay.sync_redis().xrange(keys[2])
+    assert [(f["e"], f["d"]) for _, f in entries] == [
+        ("status", "AI chat"),
+        ("delta", "first token"),
+    ]
+    # What other turns had queued went out with it, in order.
+    assert [f["d"] for _, f in relay.sync_redis().xrange(keys[0])] == ["alone", "held"]
+
+
+def test_a_first_token_waits_for_a_write_under_way_and_keeps_the_order(settings, keys):
+    writer = relay._Writer()
+    started, release = threading.Event(), threading.Event()
+    real_write = writer._write
+
+    def slow_write(batch):
+        started.set()
+        release.wait(5)
+        real_write(batch)
+
+    writer._write = slow_write
+    writer.submit(keys[0], [("delta", "one")])
+    assert started.wait(5)
+    ticket = writer.submit(keys[0], [("delta", " two")], urgent=True)  # must not overtake "one"
+    assert relay.sync_redis().xrange(keys[0]) == []
+    release.set()
+    writer.flush(ticket, keys[0])
+    assert [f["d"] for _, f in relay.sync_redis().xrange(keys[0])] == ["one", " two"]
