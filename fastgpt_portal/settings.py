@@ -70,7 +70,8 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Django's, with a current login read without the ORM's per-query cost (accounts.middleware).
+    "fastgpt_portal.accounts.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
@@ -250,6 +251,8 @@ PORTAL_LOGIN_WINDOW_SECONDS = envint("PORTAL_LOGIN_WINDOW_SECONDS", 15 * 60)
 PORTAL_PROXY_COUNT = envint("PORTAL_PROXY_COUNT", 0)
 # Hides POST fields and local variables named like secrets (api_key, password…) in error reports.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "fastgpt_portal.lib.middleware.SecretsExceptionReporterFilter"
+# Django's database sessions, read with one precompiled statement (accounts.sessions).
+SESSION_ENGINE = "fastgpt_portal.accounts.sessions"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"

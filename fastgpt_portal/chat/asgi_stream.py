@@ -34,6 +34,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from django.utils.csp import CSP, build_policy
 
+from fastgpt_portal.accounts.middleware import MODEL_BACKEND
 from fastgpt_portal.accounts.models import User
 from fastgpt_portal.chat import streaming
 from fastgpt_portal.chat.models import Conversation, Turn
@@ -44,7 +45,8 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
+# Database sessions, Django's or ours (the same table, read faster: accounts.sessions).
+DB_SESSION_ENGINES = ("django.contrib.sessions.backends.db", "fastgpt_portal.accounts.sessions")
 
 
 @cache
@@ -64,7 +66,7 @@ def _sql() -> str:
 def _enabled() -> bool:
     # The one query reads the database session table; other engines go through Django.
     return (
-        settings.SESSION_ENGINE == "django.contrib.sessions.backends.db"
+        settings.SESSION_ENGINE in DB_SESSION_ENGINES
         and not settings.SESSION_SAVE_EVERY_REQUEST
         and MODEL_BACKEND in settings.AUTHENTICATION_BACKENDS
     )
