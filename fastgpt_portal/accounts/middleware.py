@@ -3,7 +3,7 @@
 django.contrib.auth.get_user() loads the user with the ORM, about 1 ms of CPU per request on
 this machine (bench/RESULTS.md). Here the common case, a session of an active user logged in
 with ModelBackend whose session hash is current, is decided with the user read through
-lib.rows.PkLoader; everything else (no login, another backend, a user gone or deactivated, a
+lib.rows.RowLoader; everything else (no login, another backend, a user gone or deactivated, a
 password changed since, a hash made with a SECRET_KEY_FALLBACKS key) goes to Django's
 get_user(), which also does what those need (flush the session, or cycle its key). So this
 path can accept less than Django, never more. request.auser() is Django's, unchanged.
@@ -22,11 +22,11 @@ from django.utils.crypto import constant_time_compare
 from django.utils.functional import SimpleLazyObject
 
 from fastgpt_portal.accounts.models import User
-from fastgpt_portal.lib.rows import PkLoader
+from fastgpt_portal.lib.rows import RowLoader
 
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
-users = PkLoader(User)
+users = RowLoader(User)
 
 
 def current_user(request: HttpRequest) -> User | None:

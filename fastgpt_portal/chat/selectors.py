@@ -7,6 +7,7 @@ from django.shortcuts import get_object_or_404
 
 from fastgpt_portal.accounts.models import User
 from fastgpt_portal.chat.models import Conversation, Turn
+from fastgpt_portal.lib.rows import RowLoader
 from fastgpt_portal.upstream.models import App
 
 
@@ -43,3 +44,15 @@ def turn_get_for_user_or_none(*, user: User, pk: int) -> Turn | None:
 def app_list_for_user(*, user: User) -> QuerySet[App]:
     # Every enabled app, for now; per-group app access would narrow this one place.
     return App.objects.enabled()
+
+
+# Every question that starts a conversation reads its app: one statement written once, and
+# only what the page shows (no key to decrypt).
+_apps_by_slug = RowLoader(App, "slug", only=("name", "slug", "enabled"))
+
+
+def app_get_for_user(*, user: User, slug: str) -> App | None:
+    """app_list_for_user(user=user).filter(slug=slug).first(), read without the ORM's cost;
+    narrow it with app_list_for_user."""
+    app = _apps_by_slug.get(slug)
+    return app if app is not None and app.enabled else None

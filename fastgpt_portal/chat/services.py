@@ -25,6 +25,7 @@ from fastgpt_portal.accounts.services import identity_for
 from fastgpt_portal.chat import relay
 from fastgpt_portal.chat.checkpoints import checkpoints
 from fastgpt_portal.chat.models import Conversation, Turn, new_data_id
+from fastgpt_portal.lib import rows
 from fastgpt_portal.upstream.client import client_for, usage_from
 from fastgpt_portal.upstream.events import (
     AnswerDelta,
@@ -138,11 +139,14 @@ def turn_submit(
     with transaction.atomic():
         # Under a lock when limits apply: two tabs cannot both slip under one (quota_check).
         quota_summary = quota_check(user=user)
+        # rows.insert: the same rows as create(), without compiling an INSERT per question.
         if conversation is None:
-            conversation = Conversation.objects.create(user=user, app=app, title=_title_from(text))
+            conversation = Conversation(user=user, app=app, title=_title_from(text))
+            rows.insert(conversation)
         else:
             Conversation.objects.filter(pk=conversation.pk).update(updated=timezone.now())
-        turn = Turn.objects.create(conversation=conversation, user=user, question=text)
+        turn = Turn(conversation=conversation, user=user, question=text)
+        rows.insert(turn)
         transaction.on_commit(lambda: _enqueue(turn.pk))
     turn.conversation = conversation
     # What is left of the user's quota with this turn counted, for the page (no recount).

@@ -83,8 +83,10 @@ def send(request: HttpRequest) -> HttpResponse:
         app = None
         if conversation is None:
             slug = form.cleaned_data["app"]
-            apps = selectors.app_list_for_user(user=request.user)
-            app = apps.filter(slug=slug).first() if slug else apps.first()
+            if slug:
+                app = selectors.app_get_for_user(user=request.user, slug=slug)
+            else:
+                app = selectors.app_list_for_user(user=request.user).first()
         try:
             turn = services.turn_submit(
                 user=request.user,

@@ -1,10 +1,11 @@
-"""Model instances read by primary key through SQL written once, with the ORM's conversions.
+"""Reads and inserts of single rows through SQL written once, with the ORM's own conversions.
 
 `Model.objects.get(pk=...)` spends about 1 ms of CPU on this 2-core machine building and
-compiling the query, twenty times what the database takes to answer it (bench/RESULTS.md). For
-reads every request makes, PkLoader writes the statement once per database from the model's
-metadata, and passes the row through the converters and Model.from_db() the ORM itself uses,
-so the instance is the one `get()` would have built.
+compiling the query, twenty times what the database takes to answer it, and `save()` of a new
+row about 0.5 ms (bench/RESULTS.md). For the reads and inserts every request or every question
+makes, the statement is written once per model and database from the model's metadata; values
+go through the same converters, Model.from_db(), pre_save() and get_db_prep_save() the ORM
+uses, so the instances and rows are the ones the ORM would have made.
 """
 
 from __future__ import annotations
@@ -12,40 +13,47 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import connections, router
-from django.db.models import Model
+from django.db.models import NOT_PROVIDED, Model, signals
 
 
-class PkLoader[M: Model]:
-    def __init__(self, model: type[M]) -> None:
+class RowLoader[M: Model]:
+    """`model.objects.filter(<field>=value).first()` for a unique field (the primary key by
+    default); `only` loads just those fields, the others deferred as with QuerySet.only()."""
+
+    def __init__(self, model: type[M], field: str = "pk", only: tuple[str, ...] = ()) -> None:
         self.model = model
-        self._compiled: dict[str, tuple[str, list[str], list[tuple[int, Any, list]]]] = {}
+        meta = model._meta
+        self.field = meta.pk if field == "pk" else meta.get_field(field)
+        if not (self.field.primary_key or self.field.unique):
+            raise ValueError(f"{model.__name__}.{field} is not unique")
+        wanted = {meta.get_field(name).attname for name in only} | {meta.pk.attname}
+        self.fields = [f for f in meta.concrete_fields if not only or f.attname in wanted]
+        self._compiled: dict[str, tuple[str, list[tuple[int, Any, list]]]] = {}
 
-    def _compile(self, using: str) -> tuple[str, list[str], list[tuple[int, Any, list]]]:
+    def _compile(self, using: str) -> tuple[str, list[tuple[int, Any, list]]]:
         connection = connections[using]
-        meta = self.model._meta
+        table = self.model._meta.db_table
         quote = connection.ops.quote_name
-        fields = meta.concrete_fields
         sql = (
-            f"SELECT {', '.join(quote(f.column) for f in fields)}"  # noqa: S608 - names
-            f" FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s"
+            f"SELECT {', '.join(quote(f.column) for f in self.fields)}"  # noqa: S608 - names
+            f" FROM {quote(table)} WHERE {quote(self.field.column)} = %s"
         )
         converters = []
-        for index, field in enumerate(fields):
-            col = field.get_col(meta.db_table)
+        for index, field in enumerate(self.fields):
+            col = field.get_col(table)
             found = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
             if found:
                 converters.append((index, col, found))
-        compiled = (sql, [f.attname for f in fields], converters)
-        self._compiled[using] = compiled
-        return compiled
+        self._compiled[using] = (sql, converters)
+        return sql, converters
 
-    def get(self, pk: Any) -> M | None:
-        """The row with primary key `pk` as a model instance, or None."""
+    def get(self, value: Any) -> M | None:
+        """The row whose field equals `value`, as a model instance, or None."""
         using = router.db_for_read(self.model)
-        sql, names, converters = self._compiled.get(using) or self._compile(using)
+        sql, converters = self._compiled.get(using) or self._compile(using)
         connection = connections[using]
         with connection.cursor() as cursor:
-            cursor.execute(sql, [self.model._meta.pk.get_db_prep_value(pk, connection)])
+            cursor.execute(sql, [self.field.get_db_prep_value(value, connection)])
             row = cursor.fetchone()
         if row is None:
             return None
@@ -53,4 +61,59 @@ class PkLoader[M: Model]:
         for index, col, found in converters:
             for convert in found:
                 values[index] = convert(values[index], col, connection)
-        return self.model.from_db(using, names, values)
+        return self.model.from_db(using, [f.attname for f in self.fields], values)
+
+
+_INSERTS: dict[tuple[type[Model], str], tuple[str, list] | None] = {}
+
+
+def _plain(model: type[Model]) -> bool:
+    meta = model._meta
+    return (
+        not meta.parents
+        and model.save is Model.save
+        and not any(f.generated or f.db_default is not NOT_PROVIDED for f in meta.concrete_fields)
+    )
+
+
+def insert(obj: Model) -> None:
+    """Store a new instance as `obj.save()` would, with the INSERT written once per model.
+
+    A model with parents, its own save(), generated or database-default fields, or pre_save or
+    post_save receivers is simply saved: this covers only what save() would do for a plain one.
+    """
+    model = type(obj)
+    using = router.db_for_write(model)
+    key = (model, using)
+    if key not in _INSERTS:
+        _INSERTS[key] = _compile_insert(model, using) if _plain(model) else None
+    compiled = _INSERTS[key]
+    if (
+        compiled is None
+        or obj.pk is not None
+        or signals.pre_save.has_listeners(model)
+        or signals.post_save.has_listeners(model)
+    ):
+        obj.save(force_insert=True, using=using)
+        return
+    sql, fields = compiled
+    connection = connections[using]
+    values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        obj.pk = cursor.fetchone()[0]
+    obj._state.adding = False
+    obj._state.db = using
+
+
+def _compile_insert(model: type[Model], using: str) -> tuple[str, list]:
+    meta = model._meta
+    quote = connections[using].ops.quote_name
+    fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)}"  # noqa: S608 - names from the model
+        f" ({', '.join(quote(f.column) for f in fields)})"
+        f" VALUES ({', '.join(['%s'] * len(fields))})"
+        f" RETURNING {quote(meta.pk.column)}"
+    )
+    return sql, fields
