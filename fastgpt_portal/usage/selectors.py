@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from functools import cache
 
+from django.db import connection
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
@@ -83,10 +84,13 @@ def _most_generous(values: list) -> int | float | None:
 @cache
 def _LIMITS_SQL() -> str:  # noqa: N802 - a constant, built once the models are ready
     # Every send runs this. As a queryset (user OR user's groups OR default) the ORM spent
-    # more time compiling it than PostgreSQL spent answering it, so it is written out once.
+    # more time compiling it than PostgreSQL spent answering it, so it is written out once,
+    # and read with a plain cursor: the limits are integers and floats, with nothing to convert.
     memberships = User.groups.through._meta.db_table
+    meta = Quota._meta
+    columns = ", ".join(meta.get_field(name).column for name in ("scope", *Quota.LIMIT_FIELDS))
     return (
-        f"SELECT * FROM {Quota._meta.db_table} WHERE user_id = %s"  # noqa: S608 - table names
+        f"SELECT {columns} FROM {meta.db_table} WHERE user_id = %s"  # noqa: S608 - names
         f" OR group_id IN (SELECT group_id FROM {memberships} WHERE user_id = %s)"
         " OR scope = %s"
     )
@@ -94,21 +98,24 @@ def _LIMITS_SQL() -> str:  # noqa: N802 - a constant, built once the models are 
 
 def limits_for_user(*, user: User) -> Limits:
     """The limits that apply to `user`; the rule is models.PRECEDENCE_HELP. One query."""
-    quotas = list(Quota.objects.raw(_LIMITS_SQL(), [user.pk, user.pk, Quota.Scope.DEFAULT]))
-    by_scope: dict[str, list[Quota]] = {}
-    for quota in quotas:
-        by_scope.setdefault(quota.scope, []).append(quota)
+    with connection.cursor() as cursor:
+        cursor.execute(_LIMITS_SQL(), [user.pk, user.pk, Quota.Scope.DEFAULT])
+        found = cursor.fetchall()
+    by_scope: dict[str, list[tuple]] = {}
+    for scope, *limits in found:
+        by_scope.setdefault(scope, []).append(limits)
+    names = Quota.LIMIT_FIELDS
     if own := by_scope.get(Quota.Scope.USER):
-        return Limits(**{name: getattr(own[0], name) for name in Quota.LIMIT_FIELDS})
+        return Limits(**dict(zip(names, own[0], strict=True)))
     if groups := by_scope.get(Quota.Scope.GROUP):
         return Limits(
             **{
-                name: _most_generous([getattr(q, name) for q in groups])
-                for name in Quota.LIMIT_FIELDS
+                name: _most_generous([limits[i] for limits in groups])
+                for i, name in enumerate(names)
             }
         )
     if default := by_scope.get(Quota.Scope.DEFAULT):
-        return Limits(**{name: getattr(default[0], name) for name in Quota.LIMIT_FIELDS})
+        return Limits(**dict(zip(names, default[0], strict=True)))
     return Limits()
 
 
