@@ -11,7 +11,10 @@ from django.conf import settings  # noqa: E402
 
 from fastgpt_portal.chat.asgi_stream import EventStreamApp  # noqa: E402
 from fastgpt_portal.lib.asgi_limit import ConcurrencyLimit  # noqa: E402
+from fastgpt_portal.lib.gc_tuning import freeze_startup_objects  # noqa: E402
 
 # Answer streams of a user's own turns skip Django's request cycle (see asgi_stream); other
 # requests enter Django a few at a time (see asgi_limit).
 application = EventStreamApp(ConcurrencyLimit(django_application, settings.PORTAL_WEB_CONCURRENCY))
+
+freeze_startup_objects()

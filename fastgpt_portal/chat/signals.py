@@ -30,6 +30,13 @@ def _start_beat(**_kwargs) -> None:
     threading.Thread(target=_beat, name="worker-liveness", daemon=True).start()
 
 
+@worker_ready.connect
+def _freeze(**_kwargs) -> None:
+    from fastgpt_portal.lib.gc_tuning import freeze_startup_objects
+
+    freeze_startup_objects()
+
+
 @worker_shutdown.connect
 def _stop_beat(**_kwargs) -> None:
     _stop.set()
