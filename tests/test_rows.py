@@ -84,3 +84,15 @@ def test_a_model_with_receivers_or_its_own_save_is_simply_saved(alice, app):
     other = App(name="Second", base_url="http://127.0.0.1:9/api", api_key=KEY)
     rows.insert(other)  # App.save() makes the slug
     assert App.objects.get(pk=other.pk).slug == "second"
+
+
+def test_defer_loads_all_but_those_fields(alice, app):
+    conversation = Conversation.objects.create(user=alice, app=app)
+    turn = Turn.objects.create(
+        conversation=conversation, user=alice, question="Q", flow_responses=[{"a": 1}]
+    )
+    loaded = rows.RowLoader(Turn, defer=("flow_responses",)).get(turn.pk)
+    assert loaded.get_deferred_fields() == {"flow_responses"}
+    expected = Turn.objects.get(pk=turn.pk)
+    names = [f.attname for f in Turn._meta.concrete_fields if f.name != "flow_responses"]
+    assert values(loaded, names) == values(expected, names)

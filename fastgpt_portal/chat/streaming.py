@@ -15,6 +15,7 @@ from django.utils.html import escape
 from fastgpt_portal.chat import relay, selectors
 from fastgpt_portal.chat.models import Turn
 from fastgpt_portal.lib import sse
+from fastgpt_portal.lib.rows import RowLoader
 
 # A Redis stream id: two integers; at most 19 digits each keeps them within its 64-bit range.
 _STREAM_ID = re.compile(r"(?:0|[1-9]\d{0,18})-(?:0|[1-9]\d{0,18})")
@@ -51,10 +52,17 @@ def _finished(pk: int) -> bool:
         release_connection()
 
 
+# Every answer ends with this read, in the web process: one statement written once, without
+# the workflow's node responses (JSON the page does not show).
+_final_turns = RowLoader(Turn, defer=("flow_responses",))
+
+
 @sync_to_async
 def _final_html(pk: int) -> str:
     try:
-        turn = Turn.objects.select_related("conversation__app").get(pk=pk)
+        turn = _final_turns.get(pk)
+        if turn is None:
+            raise Turn.DoesNotExist(f"turn {pk} is gone")
         return render_to_string("chat/chat.html#turn", {"turn": turn})
     finally:
         release_connection()

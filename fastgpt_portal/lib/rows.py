@@ -18,16 +18,29 @@ from django.db.models import NOT_PROVIDED, Model, signals
 
 class RowLoader[M: Model]:
     """`model.objects.filter(<field>=value).first()` for a unique field (the primary key by
-    default); `only` loads just those fields, the others deferred as with QuerySet.only()."""
+    default); `only` loads just those fields and `defer` all but those, the others deferred as
+    with QuerySet.only() and defer()."""
 
-    def __init__(self, model: type[M], field: str = "pk", only: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        model: type[M],
+        field: str = "pk",
+        *,
+        only: tuple[str, ...] = (),
+        defer: tuple[str, ...] = (),
+    ) -> None:
         self.model = model
         meta = model._meta
         self.field = meta.pk if field == "pk" else meta.get_field(field)
         if not (self.field.primary_key or self.field.unique):
             raise ValueError(f"{model.__name__}.{field} is not unique")
         wanted = {meta.get_field(name).attname for name in only} | {meta.pk.attname}
-        self.fields = [f for f in meta.concrete_fields if not only or f.attname in wanted]
+        deferred = {meta.get_field(name).attname for name in defer} - {meta.pk.attname}
+        self.fields = [
+            f
+            for f in meta.concrete_fields
+            if (not only or f.attname in wanted) and f.attname not in deferred
+        ]
         self._compiled: dict[str, tuple[str, list[tuple[int, Any, list]]]] = {}
 
     def _compile(self, using: str) -> tuple[str, list[tuple[int, Any, list]]]:
