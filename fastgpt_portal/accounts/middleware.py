@@ -11,11 +11,14 @@ path can accept less than Django, never more. request.auser() is Django's, uncha
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.auth.models import AnonymousUser
+from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.utils.crypto import constant_time_compare
@@ -29,9 +32,8 @@ MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 users = RowLoader(User)
 
 
-def current_user(request: HttpRequest) -> User | None:
-    """The session's user if Django's get_user() would return it as is, else None."""
-    session = request.session
+def login_user_id(session: SessionBase) -> Any:
+    """The user id of a ModelBackend login held in `session`, else None."""
     try:
         user_id = User._meta.pk.to_python(session[SESSION_KEY])
         backend = session[BACKEND_SESSION_KEY]
@@ -39,11 +41,31 @@ def current_user(request: HttpRequest) -> User | None:
         return None
     if backend != MODEL_BACKEND or MODEL_BACKEND not in settings.AUTHENTICATION_BACKENDS:
         return None
-    user = users.get(user_id)
-    if user is None or not user.is_active:  # ModelBackend.user_can_authenticate()
-        return None
+    return user_id
+
+
+def vouches_for(session: SessionBase, user: User) -> bool:
+    """Whether Django's get_user() would return `user` for `session` as is.
+
+    `user` needs only pk, password and is_active. A hash made with a SECRET_KEY_FALLBACKS key
+    is False here: Django rewrites the session in that case, so it is left to it.
+    """
+    if user.pk is None or login_user_id(session) != user.pk:
+        return False
+    if not user.is_active:  # ModelBackend.user_can_authenticate()
+        return False
+    # A password change ends every other session.
     session_hash = session.get(HASH_SESSION_KEY)
-    if not session_hash or not constant_time_compare(session_hash, user.get_session_auth_hash()):
+    return bool(session_hash) and constant_time_compare(session_hash, user.get_session_auth_hash())
+
+
+def current_user(request: HttpRequest) -> User | None:
+    """The session's user if Django's get_user() would return it as is, else None."""
+    user_id = login_user_id(request.session)
+    if user_id is None:
+        return None
+    user = users.get(user_id)
+    if user is None or not vouches_for(request.session, user):
         return None
     return user
 

@@ -24,17 +24,15 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.db import connection
 from django.http.cookie import parse_cookie
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.crypto import constant_time_compare
 from django.utils.csp import CSP, build_policy
 
-from fastgpt_portal.accounts.middleware import MODEL_BACKEND
+from fastgpt_portal.accounts.middleware import MODEL_BACKEND, vouches_for
 from fastgpt_portal.accounts.models import User
 from fastgpt_portal.chat import streaming
 from fastgpt_portal.chat.models import Conversation, Turn
@@ -85,15 +83,7 @@ def _owned_turn(session_key: str, pk: int) -> tuple[str, bool] | None:
         return None
     session_data, user_id, password, is_active, status, data_id = row
     session = SessionStore().decode(session_data)  # {} when tampered with
-    if session.get(SESSION_KEY) != User._meta.pk.value_to_string(User(pk=user_id)):
-        return None
-    if session.get(BACKEND_SESSION_KEY) != MODEL_BACKEND or not is_active:
-        return None
-    # Django's get_user(): a password change ends every other session. A hash made with a
-    # fallback SECRET_KEY makes Django rewrite the session, so that case is left to it.
-    session_hash = session.get(HASH_SESSION_KEY)
-    user_hash = User(pk=user_id, password=password).get_session_auth_hash()
-    if not session_hash or not constant_time_compare(session_hash, user_hash):
+    if not vouches_for(session, User(pk=user_id, password=password, is_active=is_active)):
         return None
     return data_id, status in Turn.FINISHED
 
