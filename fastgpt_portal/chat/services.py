@@ -73,18 +73,23 @@ def _publish(turn_pk: int, countdown: float | None = None) -> None:
         log.exception("turn %s: could not reach the broker; the sweeper will retry", turn_pk)
 
 
+PUBLISH_WAIT_SECONDS = 0.05
+
+
 class _Dispatcher:
     """Hands queued turns to Celery from one long-lived thread per process.
 
     Under ASGI every request runs in a thread of its own, and Celery rebuilds its per-thread
     state (result backend, producer) in each: publishing from the request cost the send 1.3 ms
-    (bench/RESULTS.md). From one thread it costs less, and the browser gets its answer without
-    waiting for the broker, or hanging on it while Redis is down. A turn whose hand-over dies
-    with the process stays queued; the sweeper sends it (PORTAL_REQUEUE_SECONDS).
+    (bench/RESULTS.md). From one thread it costs less, and a broker that hangs holds the
+    browser's answer for PUBLISH_WAIT_SECONDS at most. A turn whose hand-over dies with the
+    process stays queued; the sweeper sends it (PORTAL_REQUEUE_SECONDS).
     """
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[int, float | None]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[int, float | None, threading.Event]] = (
+            queue.SimpleQueue()
+        )
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
@@ -98,10 +103,13 @@ class _Dispatcher:
                 )
                 self._thread.start()
             self._idle.clear()
-            self._queue.put((turn_pk, countdown))
-        # Yield the GIL, so the dispatcher publishes now rather than after this thread has
-        # rendered its response: the worker's start is on the first token's critical path.
-        time.sleep(0)
+            published = threading.Event()
+            self._queue.put((turn_pk, countdown, published))
+        # Wait for the publish, briefly: the worker's start is on the first token's critical
+        # path, and a running request thread holds the GIL through every Redis round trip of
+        # the dispatcher's (2 ms a publish, against 0.3 ms while this thread waits). A broker
+        # that does not answer costs the request at most PUBLISH_WAIT_SECONDS.
+        published.wait(PUBLISH_WAIT_SECONDS)
 
     def wait(self, timeout: float = 10.0) -> bool:
         """Block until every turn handed over so far is published (tests, shutdown)."""
@@ -109,8 +117,9 @@ class _Dispatcher:
 
     def _loop(self) -> None:
         while True:
-            turn_pk, countdown = self._queue.get()
+            turn_pk, countdown, published = self._queue.get()
             _publish(turn_pk, countdown)
+            published.set()
             with self._lock:
                 if self._queue.empty():
                     self._idle.set()
@@ -292,24 +301,28 @@ def _SQL() -> dict[str, str]:  # noqa: N802 - constants, built once the models a
     t, c, a, i = Turn._meta, Conversation._meta, App._meta, Identity._meta
     col = t.get_field
     app_columns = ", ".join(f"a.{a.get_field(name).column}" for name in _APP_FIELDS)
+    claim = (
+        f"UPDATE {t.db_table} SET {col('status').column} = %s,"  # noqa: S608 - names
+        f" {col('started_at').column} = %s, {col('heartbeat_at').column} = %s,"
+        f" {col('attempts').column} = {col('attempts').column} + 1"
+        f" WHERE {t.pk.column} = %s AND {col('status').column} = %s"
+    )
+    load = (
+        f"SELECT t.{col('data_id').column}, t.{col('question').column},"
+        f" t.{col('attempts').column}, t.{col('user').column},"
+        f" c.{c.get_field('chat_id').column},"
+        f" i.{i.get_field('custom_uid').column}, {app_columns}"
+    )
+    joins = (
+        f"JOIN {c.db_table} c ON c.{c.pk.column} = t.{col('conversation').column}"
+        f" JOIN {a.db_table} a ON a.{a.pk.column} = c.{c.get_field('app').column}"
+        f" LEFT JOIN {i.db_table} i ON i.{i.get_field('user').column} = t.{col('user').column}"
+    )
     return {
-        "claim": (
-            f"UPDATE {t.db_table} SET {col('status').column} = %s,"  # noqa: S608 - names
-            f" {col('started_at').column} = %s, {col('heartbeat_at').column} = %s,"
-            f" {col('attempts').column} = {col('attempts').column} + 1"
-            f" WHERE {t.pk.column} = %s AND {col('status').column} = %s"
-        ),
-        "load": (
-            f"SELECT t.{col('data_id').column}, t.{col('question').column},"  # noqa: S608
-            f" t.{col('attempts').column}, t.{col('user').column},"
-            f" c.{c.get_field('chat_id').column},"
-            f" i.{i.get_field('custom_uid').column}, {app_columns}"
-            f" FROM {t.db_table} t"
-            f" JOIN {c.db_table} c ON c.{c.pk.column} = t.{col('conversation').column}"
-            f" JOIN {a.db_table} a ON a.{a.pk.column} = c.{c.get_field('app').column}"
-            f" LEFT JOIN {i.db_table} i ON i.{i.get_field('user').column} = t.{col('user').column}"
-            f" WHERE t.{t.pk.column} = %s"
-        ),
+        "claim": claim,
+        "load": f"{load} FROM {t.db_table} t {joins} WHERE t.{t.pk.column} = %s",  # noqa: S608
+        # PostgreSQL: both in one round trip (the claimed row, as updated, feeds the joins).
+        "claim_and_load": f"WITH t AS ({claim} RETURNING *) {load} FROM t {joins}",  # noqa: S608
         "sent": (
             f"UPDATE {t.db_table} SET {col('sent_at').column} = %s"  # noqa: S608 - names
             f" WHERE {t.pk.column} = %s"
@@ -326,11 +339,19 @@ def _claim(turn_pk: int) -> tuple[_Claimed, App, str | None] | None:
     user's customUid (None when the user has none yet). None when it is not queued."""
     now = _db_now()
     with connection.cursor() as cursor:
-        cursor.execute(_SQL()["claim"], [Status.RUNNING, now, now, turn_pk, Status.QUEUED])
-        if cursor.rowcount != 1:
+        claim = [Status.RUNNING, now, now, turn_pk, Status.QUEUED]
+        if connection.vendor == "postgresql":
+            cursor.execute(_SQL()["claim_and_load"], claim)
+            row = cursor.fetchone()
+        else:
+            cursor.execute(_SQL()["claim"], claim)
+            row = None
+            if cursor.rowcount == 1:
+                cursor.execute(_SQL()["load"], [turn_pk])
+                row = cursor.fetchone()
+        if row is None:
             return None
-        cursor.execute(_SQL()["load"], [turn_pk])
-        data_id, question, attempts, user_id, chat_id, custom_uid, *app_values = cursor.fetchone()
+        data_id, question, attempts, user_id, chat_id, custom_uid, *app_values = row
     key = App._meta.get_field("api_key")
     app_values[_API_KEY] = key.from_db_value(app_values[_API_KEY], None, connection)
     app = App.from_db(connection.alias, list(_APP_FIELDS), app_values)

@@ -1,0 +1,63 @@
+"""How a saved question reaches a worker: the hand-over to the broker and the worker's claim."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from fastgpt_portal.chat import services
+from fastgpt_portal.chat.models import Conversation, Turn
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_send_returns_once_its_question_is_with_the_broker(monkeypatch):
+    # The worker's start is on the first token's path: the request thread waits for the
+    # publish instead of holding the GIL through the dispatcher's Redis round trips.
+    published: list[int] = []
+
+    def publish(pk: int, countdown: float | None = None) -> None:
+        time.sleep(0.005)
+        published.append(pk)
+
+    monkeypatch.setattr(services, "_publish", publish)
+    services.dispatcher.send(7)
+    assert published == [7]
+
+
+def test_a_broker_that_does_not_answer_holds_a_send_only_briefly(monkeypatch):
+    release = threading.Event()
+    monkeypatch.setattr(services, "_publish", lambda pk, countdown=None: release.wait(10))
+    started = time.monotonic()
+    services.dispatcher.send(1)
+    waited = time.monotonic() - started
+    release.set()
+    assert services.dispatcher.wait(5)
+    assert services.PUBLISH_WAIT_SECONDS <= waited < 1
+
+
+def test_the_claim_marks_the_turn_running_and_reads_what_sending_needs(alice, demo_app):
+    conversation = Conversation.objects.create(user=alice, app=demo_app, title="t")
+    turn = Turn.objects.create(conversation=conversation, user=alice, question="Where?")
+    with CaptureQueriesContext(connection) as queries:
+        claimed = services._claim(turn.pk)
+    # One round trip on PostgreSQL (the claim feeds the load); two elsewhere.
+    assert len(queries) == (1 if connection.vendor == "postgresql" else 2)
+    assert claimed is not None
+    claimed_turn, app, custom_uid = claimed
+    assert (claimed_turn.data_id, claimed_turn.question, claimed_turn.attempts) == (
+        turn.data_id,
+        "Where?",
+        1,
+    )
+    assert claimed_turn.chat_id == conversation.chat_id and claimed_turn.user_id == alice.pk
+    assert (app.pk, app.api_key) == (demo_app.pk, demo_app.api_key)
+    assert custom_uid is None  # alice has not asked anything before
+    turn.refresh_from_db()
+    assert (turn.status, turn.attempts) == ("running", 1) and turn.started_at
+    # A second delivery of the same task finds nothing to claim.
+    assert services._claim(turn.pk) is None
