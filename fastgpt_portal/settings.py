@@ -182,6 +182,9 @@ CACHES = {
 }
 
 CELERY_BROKER_URL = REDIS_URL
+if REDIS_URL.startswith("redis://"):
+    # kombu's Redis transport, one client per channel instead of one per command (lib/broker).
+    CELERY_BROKER_TRANSPORT = "fastgpt_portal.lib.broker:Transport"
 # A separate queue name lets test runs and benchmarks share a Redis with a running portal.
 CELERY_TASK_DEFAULT_QUEUE = envstr("PORTAL_QUEUE", "portal")
 CELERY_RESULT_BACKEND = None

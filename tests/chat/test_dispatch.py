@@ -1,4 +1,5 @@
-"""How a saved question reaches a worker: the hand-over to the broker and the worker's claim."""
+"""How a saved question reaches a worker: the hand-over to the broker, the broker's transport and
+the worker's claim."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from fastgpt_portal.chat import services
 from fastgpt_portal.chat.models import Conversation, Turn
+from fastgpt_portal.lib import broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -61,3 +63,18 @@ def test_the_claim_marks_the_turn_running_and_reads_what_sending_needs(alice, de
     assert (turn.status, turn.attempts) == ("running", 1) and turn.started_at
     # A second delivery of the same task finds nothing to claim.
     assert services._claim(turn.pk) is None
+
+
+def test_the_broker_channel_keeps_one_client_for_its_pool():
+    from fastgpt_portal.celery import app
+
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        assert isinstance(channel, broker.Channel)
+        client = channel._create_client()
+        assert channel._create_client() is client
+        assert client.ping()
+        # A channel that rebuilds its pool (after a lost connection) gets a client on it.
+        channel._pool = None
+        assert channel._create_client() is not client
+        assert channel._create_client().connection_pool is channel.pool
