@@ -193,7 +193,13 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# No unacked-message bookkeeping in Redis (kombu's ack emulation): it cost every turn two Redis
+# transactions in the worker's consumer thread, one before the task starts (bench/RESULTS.md),
+# and gave a lost message back only after the visibility timeout. A worker that shuts down
+# still gives back the messages it holds (kombu keeps them in memory); for one that dies, the
+# database says which turns are owed an answer and the sweeper resends a queued turn within
+# PORTAL_REQUEUE_SECONDS, and fails or resends a running one.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"ack_emulation": False}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULE = {
