@@ -21,6 +21,7 @@ from itertools import chain
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from django.views.decorators.debug import sensitive_variables
 
@@ -75,20 +76,64 @@ def shared_http() -> httpx.Client:
     global _shared
     with _shared_lock:
         if _shared is None or _shared[0] != os.getpid():
-            client = httpx.Client(
-                limits=httpx.Limits(
-                    max_connections=2000,
-                    max_keepalive_connections=2000,
-                    # Well below Node's 5 s keep-alive: our idle clock starts when we have read
-                    # an answer, FastGPT's when it wrote it, and under load reading lags by
-                    # seconds. A socket reused as FastGPT closes it can lose an answer.
-                    keepalive_expiry=2.0,
-                ),
-                follow_redirects=False,
-                headers={"User-Agent": "fastgpt-portal"},
-            )
-            _shared = (os.getpid(), client)
+            _shared = (os.getpid(), new_http())
         return _shared[1]
+
+
+def new_http(keepalive_expiry: float = 2.0) -> httpx.Client:
+    """An HTTP client for FastGPT whose pool does not close connections under a request."""
+    client = httpx.Client(
+        limits=httpx.Limits(
+            max_connections=2000,
+            max_keepalive_connections=2000,
+            # Well below Node's 5 s keep-alive: our idle clock starts when we have read an
+            # answer, FastGPT's when it wrote it, and under load reading lags by seconds. A
+            # socket reused as FastGPT closes it can lose an answer.
+            keepalive_expiry=keepalive_expiry,
+        ),
+        follow_redirects=False,
+        headers={"User-Agent": "fastgpt-portal"},
+    )
+    for transport in [client._transport, *client._mounts.values()]:
+        pool = getattr(transport, "_pool", None)
+        if isinstance(pool, httpcore.ConnectionPool):  # proxies' pools too
+            pool.__class__ = _keep_assigned(type(pool))
+    return client
+
+
+class _KeepAssignedConnections:
+    """httpcore pool mixin: a connection handed to a request is not closed before it is used.
+
+    httpcore hands an idle connection to a waiting request, and the connection stays idle until
+    that request's thread runs. Meanwhile another thread's pass over the pool can close it as
+    expired or surplus, and if the request has been sent by then, its answer is cut off: under
+    load (hundreds of streaming threads) a few turns a run failed with "the connection to
+    FastGPT was lost" ([Errno 9] Bad file descriptor) just after their first token
+    (encode/httpcore#1110, open against 1.0.9). Such connections sit out the pass instead.
+    """
+
+    _connections: list[Any]
+    _requests: list[Any]
+
+    def _assign_requests_to_connections(self) -> list[Any]:
+        # Called under the pool's lock.
+        handed = {id(r.connection) for r in self._requests if r.connection is not None}
+        held = [c for c in self._connections if id(c) in handed and c.is_idle()]
+        for connection in held:
+            self._connections.remove(connection)
+        try:
+            return super()._assign_requests_to_connections()  # type: ignore[misc]
+        finally:
+            self._connections.extend(held)
+
+
+_safe_pools: dict[type, type] = {}
+
+
+def _keep_assigned(cls: type) -> type:
+    if cls not in _safe_pools:
+        _safe_pools[cls] = type(cls.__name__, (_KeepAssignedConnections, cls), {})
+    return _safe_pools[cls]
 
 
 def client_for(app: Any) -> FastGPTClient:

@@ -13,6 +13,7 @@ from fastgpt_portal.upstream.client import (
     FastGPTClient,
     api_root,
     client_for,
+    new_http,
     shared_http,
     usage_from,
 )
@@ -671,6 +672,37 @@ def test_a_shared_client_survives_many_threads(fg):
 
     assert results == [Finished("stop")] * 48
     assert isinstance(shared_http(), httpx.Client)
+
+
+def test_a_connection_handed_to_a_request_is_not_closed_before_the_request_uses_it(fg):
+    # encode/httpcore#1110, step by step: the pool hands an idle connection to a waiting request;
+    # before that request's thread runs, the connection's keep-alive runs out and another
+    # thread's pass over the pool closes it as expired, under the request about to be sent.
+    import httpcore
+    from httpcore._sync.connection_pool import PoolRequest
+
+    http = new_http(keepalive_expiry=0.05)
+    pool = http._transport._pool
+    try:
+        answer = FastGPTClient(fg.url, APP_KEY, http=http)
+        assert ask(answer)[-1] == Finished("stop")  # leaves one idle, kept-alive connection
+        [connection] = pool.connections
+        waiting = PoolRequest(httpcore.Request("POST", f"{fg.url}/api/v1/chat/completions"))
+        with pool._optional_thread_lock:
+            pool._requests.append(waiting)
+            assert pool._assign_requests_to_connections() == []
+        assert waiting.connection is connection
+        time.sleep(0.1)  # past its keep-alive, still idle: its thread has not run yet
+        with pool._optional_thread_lock:
+            closing = pool._assign_requests_to_connections()  # another request's pass
+            pool._requests.remove(waiting)
+        assert closing == [] and not connection.is_closed()
+        assert connection in pool.connections
+        # Once nothing waits for it, an expired connection is closed as before.
+        with pool._optional_thread_lock:
+            assert pool._assign_requests_to_connections() == [connection]
+    finally:
+        http.close()
 
 
 # --------------------------------------------------------------------------- kept-alive sockets
