@@ -107,8 +107,9 @@ class _Dispatcher:
             self._queue.put((turn_pk, countdown, published))
         # Wait for the publish, briefly: the worker's start is on the first token's critical
         # path, and a running request thread holds the GIL through every Redis round trip of
-        # the dispatcher's (2 ms a publish, against 0.3 ms while this thread waits). A broker
-        # that does not answer costs the request at most PUBLISH_WAIT_SECONDS.
+        # the dispatcher's (1.9 ms a publish, against 1.0 ms while this thread waits:
+        # bench/RESULTS.md). A broker that does not answer costs the request at most
+        # PUBLISH_WAIT_SECONDS.
         published.wait(PUBLISH_WAIT_SECONDS)
 
     def wait(self, timeout: float = 10.0) -> bool:
