@@ -681,7 +681,7 @@ def test_a_connection_handed_to_a_request_is_not_closed_before_the_request_uses_
     import httpcore
     from httpcore._sync.connection_pool import PoolRequest
 
-    http = new_http(keepalive_expiry=0.05)
+    http = new_http(keepalive_expiry=0.5)
     pool = http._transport._pool
     try:
         answer = FastGPTClient(fg.url, APP_KEY, http=http)
@@ -692,7 +692,7 @@ def test_a_connection_handed_to_a_request_is_not_closed_before_the_request_uses_
             pool._requests.append(waiting)
             assert pool._assign_requests_to_connections() == []
         assert waiting.connection is connection
-        time.sleep(0.1)  # past its keep-alive, still idle: its thread has not run yet
+        time.sleep(0.6)  # past its keep-alive, still idle: its thread has not run yet
         with pool._optional_thread_lock:
             closing = pool._assign_requests_to_connections()  # another request's pass
             pool._requests.remove(waiting)
