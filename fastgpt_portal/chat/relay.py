@@ -441,6 +441,12 @@ class StreamHub:
             for key, entries in response or []:
                 if not entries or key not in self._subs:
                     continue
+                if self._cursors.get(key) != streams[key]:
+                    # Its followers left and a new one came, from another point, while this
+                    # read was out (a browser reconnecting with Last-Event-ID): what this read
+                    # brings may skip entries the new one has not had. The next read starts
+                    # from the new point.
+                    continue
                 self._cursors[key] = entries[-1][0]
                 for sub in list(self._subs.get(key, ())):
                     sub._push(entries)

@@ -95,3 +95,36 @@ def test_a_first_token_waits_for_a_write_under_way_and_keeps_the_order(settings,
     release.set()
     writer.flush(ticket, keys[0])
     assert [f["d"] for _, f in relay.sync_redis().xrange(keys[0])] == ["one", " two"]
+
+
+def test_a_stream_followed_again_from_an_earlier_point_skips_nothing(keys):
+    # A browser reads part of an answer, drops, and reconnects with its Last-Event-ID while
+    # the hub's blocking read, sent for the first connection from further on, is still out.
+    import asyncio
+
+    key = keys[0]
+    first = [relay.sync_redis().xadd(key, {"e": "delta", "d": w}) for w in ("a", "b", "c")]
+
+    async def scenario() -> list[str]:
+        hub = relay.StreamHub()
+        try:
+            old = await hub.subscribe(key, "0-0")
+            assert [i for i, _ in await old.get(5)] == first
+            await asyncio.sleep(0.05)  # the hub's next read is out, from "c" on
+            old.close()
+            # Blocking the loop: the read returns "d" before the hub task can look at it.
+            relay.sync_redis().xadd(key, {"e": "delta", "d": "d"})
+            new = await hub.subscribe(key, first[0])  # the browser had only "a"
+            got: list[str] = []
+            while len(got) < 3:
+                entries = await new.get(5)
+                assert entries, f"only {got} arrived"
+                got += [fields["d"] for _, fields in entries]
+            return got
+        finally:
+            if hub._task is not None:
+                hub._task.cancel()
+            if hub._reader is not None:
+                await hub._reader.aclose()
+
+    assert asyncio.run(scenario()) == ["b", "c", "d"]
