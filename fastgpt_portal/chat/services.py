@@ -295,10 +295,11 @@ _API_KEY = _APP_FIELDS.index("api_key")
 
 @cache
 def _SQL() -> dict[str, str]:  # noqa: N802 - constants, built once the models are ready
-    # A turn starts with these three statements, as raw SQL: through the ORM the claim and the
-    # select_related load cost the worker 7 ms of CPU (compiling, and building four models
-    # with every column), which is most of the time between a task starting and the question
-    # reaching FastGPT (bench/RESULTS.md). Names come from the models.
+    # A turn starts with these statements, as raw SQL (claim and load, one statement on
+    # PostgreSQL; then sent): through the ORM the claim and the select_related load cost the
+    # worker 7 ms of CPU (compiling, and building four models with every column), which is
+    # most of the time between a task starting and the question reaching FastGPT
+    # (bench/RESULTS.md). Names come from the models.
     t, c, a, i = Turn._meta, Conversation._meta, App._meta, Identity._meta
     col = t.get_field
     app_columns = ", ".join(f"a.{a.get_field(name).column}" for name in _APP_FIELDS)
