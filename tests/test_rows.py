@@ -96,3 +96,48 @@ def test_defer_loads_all_but_those_fields(alice, app):
     expected = Turn.objects.get(pk=turn.pk)
     names = [f.attname for f in Turn._meta.concrete_fields if f.name != "flow_responses"]
     assert values(loaded, names) == values(expected, names)
+
+
+def test_a_linked_insert_writes_both_rows_in_one_statement(alice, app, django_assert_num_queries):
+    from django.db import connection
+
+    made = Conversation(user=alice, app=app, title="Linked")
+    turn = Turn(conversation=made, user=alice, question="One trip?")
+    with django_assert_num_queries(1 if connection.vendor == "postgresql" else 0):
+        linked = rows.insert_linked(turn, "conversation", parent=made)
+    if connection.vendor != "postgresql":
+        assert linked is False and made.pk is None and turn.pk is None, "nothing written"
+        return
+    assert linked and made.pk and turn.pk
+    assert (turn.conversation_id, turn.conversation) == (made.pk, made)
+    stored = Conversation.objects.get(pk=made.pk)
+    assert (stored.title, stored.chat_id, stored.created) == ("Linked", made.chat_id, made.created)
+    stored_turn = Turn.objects.get(pk=turn.pk)
+    assert (stored_turn.conversation_id, stored_turn.question, stored_turn.data_id) == (
+        made.pk,
+        "One trip?",
+        turn.data_id,
+    )
+    assert not made._state.adding and not turn._state.adding
+
+
+def test_a_linked_insert_touches_an_existing_row(alice, app, django_assert_num_queries):
+    from django.db import IntegrityError, connection, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("one statement needs PostgreSQL's data-modifying WITH")
+    made = Conversation.objects.create(user=alice, app=app, title="Touched")
+    before = made.updated
+    turn = Turn(conversation=made, user=alice, question="Again")
+    with django_assert_num_queries(1):
+        assert rows.insert_linked(turn, "conversation", touch=made)
+    assert made.updated > before, "the instance's auto_now field, as save() would set it"
+    assert Conversation.objects.get(pk=made.pk).updated == made.updated
+    assert Turn.objects.get(pk=turn.pk).conversation_id == made.pk
+
+    gone = Conversation.objects.create(user=alice, app=app, title="Gone")
+    Conversation.objects.filter(pk=gone.pk).delete()
+    orphan = Turn(conversation=gone, user=alice, question="Lost?")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        rows.insert_linked(orphan, "conversation", touch=gone)
+    assert not Turn.objects.filter(question="Lost?").exists()

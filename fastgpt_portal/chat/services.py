@@ -37,6 +37,7 @@ from fastgpt_portal.upstream.events import (
     UpstreamError,
 )
 from fastgpt_portal.upstream.models import App
+from fastgpt_portal.usage.selectors import limits_for_user
 from fastgpt_portal.usage.services import quota_check
 
 log = logging.getLogger("fastgpt_portal.chat")
@@ -146,18 +147,32 @@ def turn_submit(
         app = conversation.app
         if not app.enabled:
             raise ValidationError(f"{app.name} is switched off; start a new chat with another app.")
-    with transaction.atomic():
-        # Under a lock when limits apply: two tabs cannot both slip under one (quota_check).
-        quota_summary = quota_check(user=user)
-        # rows.insert: the same rows as create(), without compiling an INSERT per question.
-        if conversation is None:
-            conversation = Conversation(user=user, app=app, title=_title_from(text))
-            rows.insert(conversation)
-        else:
-            Conversation.objects.filter(pk=conversation.pk).update(updated=timezone.now())
-        turn = Turn(conversation=conversation, user=user, question=text)
-        rows.insert(turn)
-        transaction.on_commit(lambda: _enqueue(turn.pk))
+    new = conversation is None
+    if new:
+        conversation = Conversation(user=user, app=app, title=_title_from(text))
+    turn = Turn(conversation=conversation, user=user, question=text)
+    limits = limits_for_user(user=user)
+    quota_summary = None
+    # A user without limits has no lock to hold: on PostgreSQL the turn and its conversation
+    # are written by one statement, its own transaction (no BEGIN and COMMIT round trips).
+    linked = limits.unlimited and (
+        rows.insert_linked(turn, "conversation", parent=conversation)
+        if new
+        else rows.insert_linked(turn, "conversation", touch=conversation)
+    )
+    if not linked:
+        with transaction.atomic():
+            # Under a lock when limits apply: two tabs cannot both slip under one.
+            quota_summary = quota_check(user=user, limits=limits)
+            # rows.insert: the same rows as create(), without compiling an INSERT per question.
+            if new:
+                rows.insert(conversation)
+                turn.conversation = conversation
+            else:
+                Conversation.objects.filter(pk=conversation.pk).update(updated=timezone.now())
+            rows.insert(turn)
+    # Runs once the turn is committed: at once, or when an enclosing transaction commits.
+    transaction.on_commit(lambda: _enqueue(turn.pk))
     turn.conversation = conversation
     # What is left of the user's quota with this turn counted, for the page (no recount).
     turn.quota_summary = quota_summary

@@ -78,6 +78,7 @@ class RowLoader[M: Model]:
 
 
 _INSERTS: dict[tuple[type[Model], str], tuple[str, list] | None] = {}
+_LINKED_INSERTS: dict[tuple[type[Model], str, str], tuple[str, list]] = {}
 
 
 def _plain(model: type[Model]) -> bool:
@@ -89,6 +90,19 @@ def _plain(model: type[Model]) -> bool:
     )
 
 
+def _insertable(obj: Model) -> bool:
+    model = type(obj)
+    key = (model, router.db_for_write(model))
+    if key not in _INSERTS:
+        _INSERTS[key] = _compile_insert(model, key[1]) if _plain(model) else None
+    return (
+        _INSERTS[key] is not None
+        and obj.pk is None
+        and not signals.pre_save.has_listeners(model)
+        and not signals.post_save.has_listeners(model)
+    )
+
+
 def insert(obj: Model) -> None:
     """Store a new instance as `obj.save()` would, with the INSERT written once per model.
 
@@ -97,19 +111,10 @@ def insert(obj: Model) -> None:
     """
     model = type(obj)
     using = router.db_for_write(model)
-    key = (model, using)
-    if key not in _INSERTS:
-        _INSERTS[key] = _compile_insert(model, using) if _plain(model) else None
-    compiled = _INSERTS[key]
-    if (
-        compiled is None
-        or obj.pk is not None
-        or signals.pre_save.has_listeners(model)
-        or signals.post_save.has_listeners(model)
-    ):
+    if not _insertable(obj):
         obj.save(force_insert=True, using=using)
         return
-    sql, fields = compiled
+    sql, fields = _INSERTS[(model, using)]
     connection = connections[using]
     values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
     with connection.cursor() as cursor:
@@ -119,14 +124,81 @@ def insert(obj: Model) -> None:
     obj._state.db = using
 
 
-def _compile_insert(model: type[Model], using: str) -> tuple[str, list]:
+def _compile_insert(model: type[Model], using: str, link: str | None = None) -> tuple[str, list]:
+    """The INSERT of one row; with `link`, that foreign key's value is the id the statement's
+    `head` (insert_linked) returns, and the statement returns it too."""
     meta = model._meta
     quote = connections[using].ops.quote_name
+    linked = meta.get_field(link) if link else None
     fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
     sql = (
         f"INSERT INTO {quote(meta.db_table)}"  # noqa: S608 - names from the model
         f" ({', '.join(quote(f.column) for f in fields)})"
-        f" VALUES ({', '.join(['%s'] * len(fields))})"
-        f" RETURNING {quote(meta.pk.column)}"
+        f" VALUES ({', '.join('(SELECT * FROM head)' if f is linked else '%s' for f in fields)})"
+        f" RETURNING {quote(meta.pk.column)}" + (f", {quote(linked.column)}" if linked else "")
     )
     return sql, fields
+
+
+def insert_linked(
+    obj: Model, link: str, *, parent: Model | None = None, touch: Model | None = None
+) -> bool:
+    """Insert `obj` and, in the same statement, write the row its foreign key `link` points at.
+
+    That row is either `parent`, a new instance, inserted as insert() would, or `touch`, a
+    stored instance whose auto_now fields (a conversation's `updated`) are set to now.
+    One data-modifying WITH: in autocommit mode the two rows are one transaction, without the
+    BEGIN and COMMIT round trips of an atomic block (a sent question's path, bench/RESULTS.md).
+
+    Returns False, with nothing written, where this does not apply: not PostgreSQL, or either
+    model is not plain as insert() requires. A `touch` that matches no row fails the insert
+    (IntegrityError), as inserting the row alone would.
+    """
+    if (parent is None) == (touch is None):
+        raise TypeError("insert_linked() takes a parent or a row to touch")
+    model = type(obj)
+    using = router.db_for_write(model)
+    connection = connections[using]
+    if connection.vendor != "postgresql" or not _insertable(obj):
+        return False
+    field = model._meta.get_field(link)
+    head_params: list[Any]
+    if parent is not None:
+        if not _insertable(parent) or router.db_for_write(type(parent)) != using:
+            return False
+        head, parent_fields = _INSERTS[(type(parent), using)]
+        head_params = [
+            f.get_db_prep_save(f.pre_save(parent, True), connection) for f in parent_fields
+        ]
+    else:
+        # An existing row: its auto_now fields (set on the instance too, as save() would).
+        meta = type(touch)._meta
+        stamped = [f for f in meta.concrete_fields if getattr(f, "auto_now", False)]
+        if not stamped or router.db_for_write(type(touch)) != using:
+            return False
+        quote = connection.ops.quote_name
+        head = (
+            f"UPDATE {quote(meta.db_table)}"  # noqa: S608 - names from the model
+            f" SET {', '.join(f'{quote(f.column)} = %s' for f in stamped)}"
+            f" WHERE {quote(meta.pk.column)} = %s RETURNING {quote(meta.pk.column)}"
+        )
+        head_params = [f.get_db_prep_save(f.pre_save(touch, False), connection) for f in stamped]
+        head_params.append(touch.pk)
+    key = (model, using, link)
+    if key not in _LINKED_INSERTS:
+        _LINKED_INSERTS[key] = _compile_insert(model, using, link)
+    sql, fields = _LINKED_INSERTS[key]
+    values = [
+        f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields if f is not field
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH head AS ({head}) {sql}", [*head_params, *values])
+        obj.pk, linked = cursor.fetchone()
+    setattr(obj, field.attname, linked)
+    obj._state.adding = False
+    obj._state.db = using
+    if parent is not None:
+        parent.pk = linked
+        parent._state.adding = False
+        parent._state.db = using
+    return True

@@ -12,6 +12,7 @@ from django.utils import timezone
 from fastgpt_portal.accounts.models import Identity, User
 from fastgpt_portal.accounts.services import identity_for
 from fastgpt_portal.usage.selectors import (
+    Limits,
     Periods,
     QuotaSummary,
     Usage,
@@ -53,7 +54,7 @@ def _lock_user(user: User) -> None:
 
 
 def quota_check(
-    *, user: User, retry: bool = False, now: datetime | None = None
+    *, user: User, retry: bool = False, now: datetime | None = None, limits: Limits | None = None
 ) -> QuotaSummary | None:
     """Raise QuotaExceeded if `user` may not queue another turn now.
 
@@ -65,13 +66,16 @@ def quota_check(
     simultaneous submits by one user are checked one after the other. An unlimited user has
     nothing to check and costs one query, with no lock.
 
+    `limits`: the user's limits if the caller has just read them (limits_for_user()).
+
     `retry=True` is for the Retry button, which re-runs an existing turn: it is not a new
     message of the day, but it costs points and capacity again, so every other limit applies.
 
     Limits are checked from the one that frees last to the one that frees first, so the time
     in the message is when the user can really send again.
     """
-    limits = limits_for_user(user=user)
+    if limits is None:
+        limits = limits_for_user(user=user)
     if limits.unlimited:
         return None
     _lock_user(user)

@@ -78,3 +78,18 @@ def test_the_broker_channel_keeps_one_client_for_its_pool():
         channel._pool = None
         assert channel._create_client() is not client
         assert channel._create_client().connection_pool is channel.pool
+
+
+def test_a_question_is_stored_in_one_statement_on_postgresql(alice, demo_app):
+    """An unlimited user's send: the limits, then the conversation and the turn together; a
+    user with limits keeps the locked transaction (tests/usage)."""
+    with CaptureQueriesContext(connection) as queries:
+        turn = services.turn_submit(user=alice, text="First", app=demo_app)
+        follow_up = services.turn_submit(user=alice, text="Second", conversation=turn.conversation)
+    writes = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith("SELECT")]
+    if connection.vendor == "postgresql":
+        assert len(writes) == 2 and all(sql.startswith("WITH head AS") for sql in writes), writes
+        assert len(queries) == 4, "each send: its limits and one write"
+    stored = Turn.objects.filter(conversation=turn.conversation).order_by("pk")
+    assert [t.question for t in stored] == ["First", "Second"]
+    assert follow_up.conversation.pk == turn.conversation.pk
