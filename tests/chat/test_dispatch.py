@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from fastgpt_portal.chat import services
 from fastgpt_portal.chat.models import Conversation, Turn
 from fastgpt_portal.lib import broker
+from tests.conftest import completions, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -93,3 +94,52 @@ def test_a_question_is_stored_in_one_statement_on_postgresql(alice, demo_app):
     stored = Turn.objects.filter(conversation=turn.conversation).order_by("pk")
     assert [t.question for t in stored] == ["First", "Second"]
     assert follow_up.conversation.pk == turn.conversation.pk
+
+
+@pytest.mark.worker
+def test_sends_that_queue_up_are_published_together_and_each_runs(
+    alice, demo_app, fastgpt, worker, monkeypatch
+):
+    """While the dispatcher publishes one turn, the turns sent meanwhile go out in one batch
+    (one Redis round trip), and the real worker runs every one of them once."""
+    batches: list[list[int]] = []
+    publish_many, publish_one = services._publish_many, services._publish
+    first_publish, burst_queued = threading.Event(), threading.Event()
+
+    def slow_first(turn_pk: int, countdown: float | None = None) -> None:
+        first_publish.set()
+        burst_queued.wait(5)  # the broker is slow to answer this one
+        publish_one(turn_pk, countdown)
+
+    def spy(turns: list[tuple[int, float | None]]) -> None:
+        batches.append([turn_pk for turn_pk, _ in turns])
+        publish_many(turns)
+
+    monkeypatch.setattr(services, "_publish", slow_first)
+    monkeypatch.setattr(services, "_publish_many", spy)
+    conversation = Conversation.objects.create(user=alice, app=demo_app, title="Burst")
+    turns = [
+        Turn.objects.create(conversation=conversation, user=alice, question=f"q{i}")
+        for i in range(6)
+    ]
+    senders = [threading.Thread(target=services.dispatcher.send, args=(turns[0].pk,))]
+    senders[0].start()
+    assert first_publish.wait(5)
+    senders += [threading.Thread(target=services.dispatcher.send, args=(t.pk,)) for t in turns[1:]]
+    for sender in senders[1:]:
+        sender.start()
+    wait_until(lambda: services.dispatcher._queue.qsize() == 5, message="the burst queued")
+    burst_queued.set()
+    for sender in senders:
+        sender.join(5)
+    assert services.dispatcher.wait(5)
+
+    assert batches == [[turns[0].pk], [t.pk for t in turns[1:]]]
+    wait_until(
+        lambda: not Turn.objects.filter(pk__in=[t.pk for t in turns], status="queued").exists(),
+        message="the worker did not run every turn",
+    )
+    for turn in turns:
+        wait_until(lambda pk=turn.pk: Turn.objects.get(pk=pk).is_finished)
+    assert {t.status for t in Turn.objects.filter(pk__in=[t.pk for t in turns])} == {"done"}
+    assert len(completions(fastgpt)) == 6, "each question reached FastGPT once"
