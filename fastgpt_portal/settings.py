@@ -230,8 +230,9 @@ PORTAL_STREAM_TTL_SECONDS = envint("PORTAL_STREAM_TTL_SECONDS", 3600)
 PORTAL_COALESCE_MS = envint("PORTAL_COALESCE_MS", 15)
 PORTAL_COALESCE_MAX_MS = envint("PORTAL_COALESCE_MAX_MS", 50)
 # Requests a web process works on at once (answer streams aside); the rest wait their turn in
-# order. Each runs in a thread, and threads share one core's worth of Python: more at once only
-# makes each slower (lib/asgi_limit.py). 0 for no limit.
+# order. Each runs in one of this many pooled threads (lib/threaded_django.py), and threads
+# share one core's worth of Python: more at once only makes each slower (lib/asgi_limit.py).
+# 0 for no limit (32 threads).
 PORTAL_WEB_CONCURRENCY = envint("PORTAL_WEB_CONCURRENCY", 8)
 # Transient upstream failures (connect errors, proxy 502/503/504, 429) are retried this many
 # times in all, waiting base * 2^n seconds (with jitter, at most max) between tries.
