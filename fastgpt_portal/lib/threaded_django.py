@@ -43,7 +43,6 @@ class ThreadedDjango(ASGIHandler):
         super(ASGIHandler, self).__init__()
         self.load_middleware(is_async=False)
         self.async_app = async_app or ASGIHandler()
-        self.threads = threads
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="django-request")
 
     def _is_async_view(self, scope: Scope) -> bool:
