@@ -132,7 +132,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and envint(
         "timeout": envfloat("DB_POOL_TIMEOUT", 30.0),
         # Check only connections idle for a while: a round trip per request otherwise.
         "check": dbpool.check,
-        "reset": dbpool.reset,
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
