@@ -201,6 +201,7 @@ def turn_submit(
             rows.insert(turn)
     # Runs once the turn is committed: at once, or when an enclosing transaction commits.
     transaction.on_commit(lambda: _enqueue(turn.pk))
+    # Setting conversation_id (insert_linked) drops the cached conversation: keep the instance.
     turn.conversation = conversation
     # What is left of the user's quota with this turn counted, for the page (no recount).
     turn.quota_summary = quota_summary

@@ -79,6 +79,7 @@ class RowLoader[M: Model]:
 
 _INSERTS: dict[tuple[type[Model], str], tuple[str, list] | None] = {}
 _LINKED_INSERTS: dict[tuple[type[Model], str, str], tuple[str, list]] = {}
+_TOUCHES: dict[tuple[type[Model], str], tuple[str, list] | None] = {}
 
 
 def _plain(model: type[Model]) -> bool:
@@ -90,11 +91,11 @@ def _plain(model: type[Model]) -> bool:
     )
 
 
-def _insertable(obj: Model) -> bool:
+def _insertable(obj: Model, using: str) -> bool:
     model = type(obj)
-    key = (model, router.db_for_write(model))
+    key = (model, using)
     if key not in _INSERTS:
-        _INSERTS[key] = _compile_insert(model, key[1]) if _plain(model) else None
+        _INSERTS[key] = _compile_insert(model, using) if _plain(model) else None
     return (
         _INSERTS[key] is not None
         and obj.pk is None
@@ -111,7 +112,7 @@ def insert(obj: Model) -> None:
     """
     model = type(obj)
     using = router.db_for_write(model)
-    if not _insertable(obj):
+    if not _insertable(obj, using):
         obj.save(force_insert=True, using=using)
         return
     sql, fields = _INSERTS[(model, using)]
@@ -140,6 +141,21 @@ def _compile_insert(model: type[Model], using: str, link: str | None = None) -> 
     return sql, fields
 
 
+def _compile_touch(model: type[Model], using: str) -> tuple[str, list] | None:
+    """The UPDATE that sets a row's auto_now fields and returns its id; None without any."""
+    meta = model._meta
+    stamped = [f for f in meta.concrete_fields if getattr(f, "auto_now", False)]
+    if not stamped:
+        return None
+    quote = connections[using].ops.quote_name
+    sql = (
+        f"UPDATE {quote(meta.db_table)}"  # noqa: S608 - names from the model
+        f" SET {', '.join(f'{quote(f.column)} = %s' for f in stamped)}"
+        f" WHERE {quote(meta.pk.column)} = %s RETURNING {quote(meta.pk.column)}"
+    )
+    return sql, stamped
+
+
 def insert_linked(
     obj: Model, link: str, *, parent: Model | None = None, touch: Model | None = None
 ) -> bool:
@@ -159,29 +175,27 @@ def insert_linked(
     model = type(obj)
     using = router.db_for_write(model)
     connection = connections[using]
-    if connection.vendor != "postgresql" or not _insertable(obj):
+    if connection.vendor != "postgresql" or not _insertable(obj, using):
         return False
     field = model._meta.get_field(link)
     head_params: list[Any]
     if parent is not None:
-        if not _insertable(parent) or router.db_for_write(type(parent)) != using:
+        if router.db_for_write(type(parent)) != using or not _insertable(parent, using):
             return False
         head, parent_fields = _INSERTS[(type(parent), using)]
         head_params = [
             f.get_db_prep_save(f.pre_save(parent, True), connection) for f in parent_fields
         ]
     else:
-        # An existing row: its auto_now fields (set on the instance too, as save() would).
-        meta = type(touch)._meta
-        stamped = [f for f in meta.concrete_fields if getattr(f, "auto_now", False)]
-        if not stamped or router.db_for_write(type(touch)) != using:
+        if router.db_for_write(type(touch)) != using:
             return False
-        quote = connection.ops.quote_name
-        head = (
-            f"UPDATE {quote(meta.db_table)}"  # noqa: S608 - names from the model
-            f" SET {', '.join(f'{quote(f.column)} = %s' for f in stamped)}"
-            f" WHERE {quote(meta.pk.column)} = %s RETURNING {quote(meta.pk.column)}"
-        )
+        key = (type(touch), using)
+        if key not in _TOUCHES:
+            _TOUCHES[key] = _compile_touch(type(touch), using)
+        if _TOUCHES[key] is None:
+            return False
+        head, stamped = _TOUCHES[key]
+        # Set on the instance too, as save() would.
         head_params = [f.get_db_prep_save(f.pre_save(touch, False), connection) for f in stamped]
         head_params.append(touch.pk)
     key = (model, using, link)
