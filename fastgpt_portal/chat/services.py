@@ -29,6 +29,7 @@ from fastgpt_portal.lib import rows
 from fastgpt_portal.upstream.client import client_for, usage_from
 from fastgpt_portal.upstream.events import (
     AnswerDelta,
+    Event,
     FlowResponses,
     Interactive,
     NodeResponse,
@@ -405,6 +406,71 @@ def _claim(turn_pk: int) -> tuple[_Claimed, App, str | None] | None:
     return turn, app, custom_uid
 
 
+class _Answer:
+    """What a turn has received of its answer. take() is the answer's sink (stream_chat_to):
+    it runs on the worker's HTTP loop thread, for every turn of the process, so it does no
+    database work and nothing that waits, except a turn's first token, written to Redis at once.
+    """
+
+    def __init__(self, turn_pk: int, publisher: relay.Publisher) -> None:
+        self.turn_pk = turn_pk
+        self.publisher = publisher
+        self.answer: list[str] = []
+        self.reasoning: list[str] = []
+        self.flow: list[dict] = []
+        self.nodes: list[dict] = []
+        self.interactive: dict | None = None
+        self.first_token_at: datetime | None = None
+        self._checkpoint_every = settings.PORTAL_CHECKPOINT_SECONDS
+        self._last_checkpoint = time.monotonic()
+
+    def take(self, event: Event) -> bool:
+        """Record and relay one event; True when the user has pressed Stop."""
+        pending: list[tuple[str, str]] = []
+        urgent = False  # the first token is in `pending`: written at once, whatever the window
+        if isinstance(event, AnswerDelta):
+            if "\x00" in event.text:
+                # PostgreSQL cannot store NUL, and no answer needs one.
+                event = AnswerDelta(event.text.replace("\x00", ""), event.reasoning, event.fast)
+            if event.text:
+                self.answer.append(event.text)
+                pending.append(("delta", event.text))
+            if event.reasoning:
+                self.reasoning.append(event.reasoning)
+                pending.append(("reasoning", event.reasoning))
+            if self.first_token_at is None and (event.text or event.reasoning):
+                pending.insert(0, ("status", ""))  # the answer itself now shows progress
+                self.first_token_at = timezone.now()  # written with the next checkpoint
+                urgent = True
+        elif isinstance(event, NodeStatus):
+            pending.append(("status", event.name))
+        elif isinstance(event, ToolEvent) and event.kind == "toolCall":
+            pending.append(("status", f"Using {event.tool.get('toolName') or 'a tool'}…"))
+        elif isinstance(event, FlowResponses):
+            self.flow = event.items
+        elif isinstance(event, Interactive):
+            self.interactive = {
+                "type": event.interactive.get("type"),
+                "params": event.interactive.get("params") or {},
+            }
+        elif isinstance(event, NodeResponse):
+            self.nodes.append(event.item)
+        if pending:
+            self.publisher.publish(pending, urgent)
+        if checkpoints.cancelled(self.turn_pk):
+            return True
+        if time.monotonic() - self._last_checkpoint >= self._checkpoint_every:
+            self._last_checkpoint = time.monotonic()
+            # The answer stream in Redis has every word; this is for when Redis is lost.
+            checkpoints.note(
+                self.turn_pk,
+                answer="".join(self.answer),
+                reasoning="".join(self.reasoning),
+                first_token_at=self.first_token_at,
+            )
+        return False
+
+
 def turn_run(*, turn_pk: int) -> RunOutcome:
     """Claim a queued turn and stream its answer from FastGPT.
 
@@ -422,16 +488,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
     checkpoints.watch(turn_pk, publisher.cancel_key)
     publisher.publish([("status", "Sending to FastGPT…")])
 
-    answer: list[str] = []
-    reasoning: list[str] = []
-    flow: list[dict] = []
-    nodes: list[dict] = []
-    interactive: dict | None = None
-    got_first = False
-    urgent = False  # the first token is in `pending`: written at once, whatever the window
-    first_token_at: datetime | None = None
-    last_checkpoint = time.monotonic()
-    checkpoint_every = settings.PORTAL_CHECKPOINT_SECONDS
+    received = _Answer(turn_pk, publisher)
     with connection.cursor() as cursor:
         cursor.execute(_SQL()["sent"], [_db_now(), turn_pk])
     if not connection.in_atomic_block:
@@ -439,71 +496,32 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
         # meanwhile (checkpoints go through one writer thread), so a thousand streaming turns
         # do not hold a thousand connections.
         connection.close()
-    stream = client_for(app).stream_chat(
-        chat_id=turn.chat_id,
-        custom_uid=custom_uid,
-        data_id=turn.data_id,
-        text=turn.question,
-    )
+    answer, reasoning = received.answer, received.reasoning
     try:
-        pending: list[tuple[str, str]] = []
-        for event in stream:
-            if isinstance(event, AnswerDelta):
-                if "\x00" in event.text:
-                    # PostgreSQL cannot store NUL, and no answer needs one.
-                    event = AnswerDelta(event.text.replace("\x00", ""), event.reasoning, event.fast)
-                if event.text:
-                    answer.append(event.text)
-                    pending.append(("delta", event.text))
-                if event.reasoning:
-                    reasoning.append(event.reasoning)
-                    pending.append(("reasoning", event.reasoning))
-                if not got_first and (event.text or event.reasoning):
-                    got_first = True
-                    pending.insert(0, ("status", ""))  # the answer itself now shows progress
-                    first_token_at = timezone.now()  # written with the next checkpoint
-                    urgent = True
-            elif isinstance(event, NodeStatus):
-                pending.append(("status", event.name))
-            elif isinstance(event, ToolEvent) and event.kind == "toolCall":
-                pending.append(("status", f"Using {event.tool.get('toolName') or 'a tool'}…"))
-            elif isinstance(event, FlowResponses):
-                flow = event.items
-            elif isinstance(event, Interactive):
-                interactive = {
-                    "type": event.interactive.get("type"),
-                    "params": event.interactive.get("params") or {},
-                }
-            elif isinstance(event, NodeResponse):
-                nodes.append(event.item)
-            if pending:
-                publisher.publish(pending, urgent)
-                pending, urgent = [], False
-            if checkpoints.cancelled(turn_pk):
-                stream.close()  # v1: closing the connection stops the workflow upstream
-                checkpoints.discard(turn_pk)
-                Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
-                    first_token_at=first_token_at,
-                    status=Status.CANCELLED,
-                    answer="".join(answer),
-                    reasoning="".join(reasoning),
-                    error="Stopped by you.",
-                    finished_at=timezone.now(),
-                )
-                publisher.publish([("done", "")])
-                publisher.flush()
-                log.info("turn %s cancelled by the user", turn_pk)
-                return RunOutcome(status=Status.CANCELLED)
-            if time.monotonic() - last_checkpoint >= checkpoint_every:
-                last_checkpoint = time.monotonic()
-                # The answer stream in Redis has every word; this is for when Redis is lost.
-                checkpoints.note(
-                    turn_pk,
-                    answer="".join(answer),
-                    reasoning="".join(reasoning),
-                    first_token_at=first_token_at,
-                )
+        stopped = client_for(app).stream_chat_to(
+            received.take,
+            chat_id=turn.chat_id,
+            custom_uid=custom_uid,
+            data_id=turn.data_id,
+            text=turn.question,
+        )
+        first_token_at = received.first_token_at
+        if stopped:  # the user pressed Stop; closing the connection stopped the workflow (v1)
+            checkpoints.discard(turn_pk)
+            Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
+                first_token_at=first_token_at,
+                status=Status.CANCELLED,
+                answer="".join(answer),
+                reasoning="".join(reasoning),
+                error="Stopped by you.",
+                finished_at=timezone.now(),
+            )
+            publisher.publish([("done", "")])
+            publisher.flush()
+            log.info("turn %s cancelled by the user", turn_pk)
+            return RunOutcome(status=Status.CANCELLED)
     except UpstreamError as exc:
+        first_token_at = received.first_token_at
         text = "".join(answer)
         if exc.admin_action:
             _mark_app_health(app, exc)
@@ -535,17 +553,18 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
             turn.data_id,
             "Something went wrong in the portal; press Retry.",
             answer="".join(answer),
-            first_token_at=first_token_at,
+            first_token_at=received.first_token_at,
         )
         return RunOutcome(status=Status.FAILED)
 
+    flow, nodes = received.flow, received.nodes
     usage = usage_from(flow or nodes)
     text = "".join(answer)
     checkpoints.discard(turn_pk)
     _mark_app_health(app, None)
     Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
         status=Status.DONE,
-        first_token_at=first_token_at,
+        first_token_at=received.first_token_at,
         answer=text,
         reasoning="".join(reasoning),
         finished_at=timezone.now(),
@@ -553,7 +572,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
         input_tokens=F("input_tokens") + usage.input_tokens,
         output_tokens=F("output_tokens") + usage.output_tokens,
         flow_responses=flow or nodes or None,
-        interactive=interactive,
+        interactive=received.interactive,
     )
     relay.publish_done(turn_pk, turn.data_id)
     log.info(

@@ -39,6 +39,7 @@ from fastgpt_portal.upstream.events import (
     VariablesUpdated,
     WorkflowDuration,
 )
+from fastgpt_portal.upstream.transport import PUSH, LoopTransport
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +82,33 @@ def shared_http() -> httpx.Client:
 
 
 def new_http(keepalive_expiry: float = 2.0) -> httpx.Client:
-    """An HTTP client for FastGPT whose pool does not close connections under a request."""
+    """An HTTP client for FastGPT: every answer read on this process's one HTTP loop.
+
+    Requests through an HTTP(S)_PROXY from the environment keep httpx's own transport, with a
+    pool that does not close connections under a request.
+    """
+    # Well below Node's 5 s keep-alive: our idle clock starts when we have read an answer,
+    # FastGPT's when it wrote it, and under load reading lags by seconds. A socket reused as
+    # FastGPT closes it can lose an answer.
+    max_connections = 2000
     client = httpx.Client(
-        limits=httpx.Limits(
-            max_connections=2000,
-            max_keepalive_connections=2000,
-            # Well below Node's 5 s keep-alive: our idle clock starts when we have read an
-            # answer, FastGPT's when it wrote it, and under load reading lags by seconds. A
-            # socket reused as FastGPT closes it can lose an answer.
+        transport=LoopTransport(max_connections=max_connections, keepalive_expiry=keepalive_expiry),
+        limits=httpx.Limits(  # for the proxies' transports
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
             keepalive_expiry=keepalive_expiry,
         ),
         follow_redirects=False,
         headers={"User-Agent": "fastgpt-portal"},
     )
+    return keep_assigned_pools(client)
+
+
+def keep_assigned_pools(client: httpx.Client) -> httpx.Client:
+    """`client` with _KeepAssignedConnections in each of its httpx transports' pools."""
     for transport in [client._transport, *client._mounts.values()]:
         pool = getattr(transport, "_pool", None)
-        if isinstance(pool, httpcore.ConnectionPool):  # proxies' pools too
+        if isinstance(pool, httpcore.ConnectionPool):
             pool.__class__ = _keep_assigned(type(pool))
     return client
 
@@ -192,61 +204,80 @@ def _number(value: Any) -> float:
 # ---------------------------------------------------------------------------- SSE framing
 
 
-def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    """Split a byte stream into lines at LF, CRLF or CR, as the SSE spec says.
+class _SSEParser:
+    """Server-sent events, incrementally: bytes in, (event name, data) per frame out.
 
-    Only those three end a line: str.splitlines (and so httpx's iter_lines) also splits at
-    U+2028 and friends, which FastGPT leaves unescaped inside JSON strings.
+    Lines end at LF, CRLF or CR, as the SSE spec says, and only there: str.splitlines (and so
+    httpx's iter_lines) also splits at U+2028 and friends, which FastGPT leaves unescaped inside
+    JSON strings. Multi-line data is joined with newlines.
     """
-    tail: list[bytes] = []
-    after_cr = False
-    for chunk in chunks:
+
+    __slots__ = ("_tail", "_after_cr", "_event", "_data")
+
+    def __init__(self) -> None:
+        self._tail: list[bytes] = []
+        self._after_cr = False
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        frames: list[tuple[str, str]] = []
         if not chunk:
-            continue
-        if after_cr and chunk.startswith(b"\n"):
+            return frames
+        if self._after_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF split across two reads
-        after_cr = chunk.endswith(b"\r")
+        self._after_cr = chunk.endswith(b"\r")
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if b"\n" not in chunk:
-            tail.append(chunk)
-            continue
+            self._tail.append(chunk)
+            return frames
         parts = chunk.split(b"\n")
-        if tail:
-            tail.append(parts[0])
-            parts[0] = b"".join(tail)
-            tail = []
+        if self._tail:
+            self._tail.append(parts[0])
+            parts[0] = b"".join(self._tail)
+            self._tail = []
         last = parts.pop()
         if last:
-            tail.append(last)
+            self._tail.append(last)
         for part in parts:
-            yield part.decode("utf-8", "replace")
-    if tail:
-        yield b"".join(tail).decode("utf-8", "replace")
+            self._line(part.decode("utf-8", "replace"), frames)
+        return frames
 
+    def end(self) -> list[tuple[str, str]]:
+        frames: list[tuple[str, str]] = []
+        if self._tail:
+            self._line(b"".join(self._tail).decode("utf-8", "replace"), frames)
+            self._tail = []
+        if self._data:
+            # A last frame without its blank line: keep it rather than lose [DONE] or an error.
+            frames.append((self._event, "\n".join(self._data)))
+            self._event, self._data = "", []
+        return frames
 
-def _frames(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """(event name, data) per SSE frame; multi-line data is joined with newlines."""
-    event = ""
-    data: list[str] = []
-    for line in lines:
+    def _line(self, line: str, frames: list[tuple[str, str]]) -> None:
         if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "", []
-            continue
+            if self._data:
+                frames.append((self._event, "\n".join(self._data)))
+            self._event, self._data = "", []
+            return
         if line.startswith(":"):
-            continue  # a comment
+            return  # a comment
         name, _, value = line.partition(":")
         if value.startswith(" "):
             value = value[1:]
         if name == "data":
-            data.append(value)
+            self._data.append(value)
         elif name == "event":
-            event = value
-    if data:
-        # A last frame without its blank line: keep it rather than lose [DONE] or an error.
-        yield event, "\n".join(data)
+            self._event = value
+
+
+def _frames(chunks: Iterable[bytes]) -> Iterator[tuple[str, str]]:
+    """(event name, data) per SSE frame of a byte stream."""
+    parser = _SSEParser()
+    for chunk in chunks:
+        yield from parser.feed(chunk)
+    yield from parser.end()
 
 
 # ---------------------------------------------------------------------------- errors
@@ -400,6 +431,87 @@ def _transport_error(exc: httpx.HTTPError, *, phase: str, timeout: float) -> Ups
     return UpstreamError(f"Talking to FastGPT failed ({type(exc).__name__}).", permanent=True)
 
 
+def _pushable(response: httpx.Response) -> bool:
+    """Whether the body is an event stream as sent (not an error body, not compressed)."""
+    headers = response.headers
+    return "text/event-stream" in headers.get("content-type", "").lower() and (
+        headers.get("content-encoding", "identity").lower() == "identity"
+    )
+
+
+class _Stopped(Exception):
+    """The sink of stream_chat_to asked to stop."""
+
+
+class _EventReader:
+    """One answer's SSE frames as typed events; finish() says how it ended."""
+
+    __slots__ = ("_client", "finish_reason", "done")
+
+    def __init__(self, client: FastGPTClient) -> None:
+        self._client = client
+        self.finish_reason: str | None = None
+        self.done = False
+
+    def take(self, name: str, data: str) -> Event | None:
+        """The event a frame stands for, None for frames without one; raises UpstreamError."""
+        client = self._client
+        if name == "error":
+            raise client._sse_error(data)
+        if data.strip() == "[DONE]":
+            # The whole field, never a substring: "[DONE]" in an answer comes as JSON.
+            # v1 sends flowResponses after [DONE], so keep reading to the end (§8.2).
+            self.done = True
+            return None
+        if name in ("", "answer", "fastAnswer"):
+            chunk = client._load(name or "answer", data)
+            choices = chunk.get("choices") or [{}]
+            choice = choices[0] if isinstance(choices[0], dict) else {}
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+            delta = choice.get("delta") or {}
+            # content is missing on reasoning chunks and null on the stop chunk; empty chunks
+            # are the 10 s heartbeat (§8.3).
+            content = delta.get("content") or ""
+            reasoning = delta.get("reasoning_content") or ""
+            if not (content or reasoning):
+                return None
+            return AnswerDelta(
+                text=content if isinstance(content, str) else str(content),
+                reasoning=reasoning if isinstance(reasoning, str) else str(reasoning),
+                fast=name == "fastAnswer",
+            )
+        if name == "flowNodeStatus":
+            payload = client._load(name, data)
+            return NodeStatus(
+                status=str(payload.get("status", "")), name=str(payload.get("name", ""))
+            )
+        if name in _TOOL_EVENTS:
+            tool = client._load(name, data).get("tool")
+            return ToolEvent(kind=name, tool=tool if isinstance(tool, dict) else {})
+        if name == "updateVariables":
+            return VariablesUpdated(variables=client._load(name, data))
+        if name == "interactive":
+            payload = client._load(name, data)
+            inner = payload.get("interactive")
+            return Interactive(interactive=inner if isinstance(inner, dict) else payload)
+        if name == "workflowDuration":
+            seconds = client._load(name, data).get("durationSeconds")
+            return WorkflowDuration(seconds=_number(seconds))
+        if name == "flowNodeResponse":
+            return NodeResponse(item=client._load(name, data))
+        if name == "flowResponses":
+            items = client._load(name, data, kind=list)
+            return FlowResponses(items=[i for i in items if isinstance(i, dict)])
+        return None  # any other event name is from a newer FastGPT: ignore it
+
+    def finish(self) -> Finished:
+        """The last event, once the stream has ended; raises if the answer was cut off."""
+        if not self.done and self.finish_reason is None:
+            raise self._client._error(_LOST, permanent=True)
+        return Finished(finish_reason=self.finish_reason or "stop")
+
+
 # ---------------------------------------------------------------------------- client
 
 
@@ -474,6 +586,40 @@ class FastGPTClient:
         Raises UpstreamError. Closing the generator closes the connection, which stops the
         workflow in v1 (§8.15).
         """
+        return self._answer(self._chat_body(chat_id, custom_uid, data_id, text, variables))
+
+    def stream_chat_to(
+        self,
+        sink: Callable[[Event], bool],
+        *,
+        chat_id: str,
+        custom_uid: str,
+        data_id: str,
+        text: str,
+        variables: dict | None = None,
+    ) -> bool:
+        """Ask one question and hand each of the answer's events to `sink`, ending with
+        Finished; returns True if `sink` stopped the answer by returning True.
+
+        The same answer as stream_chat, for less CPU: on the portal's transport, `sink` runs on
+        the process's HTTP loop thread as each piece arrives, so it must be quick and must not
+        block (no database). Raises UpstreamError, or what `sink` raised.
+        """
+        body = self._chat_body(chat_id, custom_uid, data_id, text, variables)
+        answer = self._answer(body, sink)
+        try:
+            for event in answer:  # only events that were not pushed to `sink`
+                if sink(event):
+                    return True
+        except _Stopped:
+            return True
+        finally:
+            answer.close()
+        return False
+
+    def _chat_body(
+        self, chat_id: str, custom_uid: str, data_id: str, text: str, variables: dict | None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "chatId": chat_id,
             "customUid": custom_uid,
@@ -487,6 +633,13 @@ class FastGPTClient:
             body["variables"] = variables
         if self.app_id:
             body["appId"] = self.app_id  # only a global key needs it; an app key ignores it
+        return body
+
+    def _answer(
+        self, body: dict[str, Any], sink: Callable[[Event], bool] | None = None
+    ) -> Iterator[Event]:
+        """The answer's events; those the transport could push straight to `sink` are not
+        yielded (see stream_chat_to)."""
         for attempt in range(STALE_RETRIES + 1):
             phase = "request"
             connected: list[str] = []  # httpcore trace events: empty means a reused connection
@@ -501,7 +654,11 @@ class FastGPTClient:
                 ) as response:
                     chunks = self._event_stream(response)
                     phase = "streaming"
-                    yield from self._events(_frames(_lines(chunks)))
+                    push = response.extensions.get(PUSH) if sink is not None else None
+                    if sink is None or push is None or not _pushable(response):
+                        yield from self._events(_frames(chunks))
+                    else:
+                        self._push(push, sink)
                 return
             except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 if phase == "request" and not connected and attempt < STALE_RETRIES:
@@ -514,6 +671,33 @@ class FastGPTClient:
             except httpx.HTTPError as exc:
                 # `from None`: httpx's chain adds nothing a reader needs.
                 raise _transport_error(exc, phase=phase, timeout=self._timeout_s) from None
+
+    def _push(self, push: Callable[[Callable[[bytes], bool]], bool], sink: Callable) -> None:
+        """The body through the parser into `sink`, on the transport's loop (see stream_chat_to).
+        Raises _Stopped if `sink` stopped it, and what _events raises otherwise."""
+        parser, reader = _SSEParser(), _EventReader(self)
+
+        def feed(chunk: bytes) -> bool:
+            for name, data in parser.feed(chunk):
+                event = reader.take(name, data)
+                if event is not None and sink(event):
+                    return True
+            return False
+
+        try:
+            if push(feed):
+                raise _Stopped
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout):
+            if not reader.done:
+                raise
+            log.warning("FastGPT closed the stream after [DONE], before flowResponses")
+        else:
+            for name, data in parser.end():
+                event = reader.take(name, data)
+                if event is not None and sink(event):
+                    raise _Stopped
+        if sink(reader.finish()):
+            raise _Stopped
 
     def _event_stream(self, response: httpx.Response) -> Iterator[bytes]:
         """The body as an event stream, or the UpstreamError the response stands for."""
@@ -597,65 +781,18 @@ class FastGPTClient:
         return self._error("FastGPT answered with something that is not an event stream.")
 
     def _events(self, frames: Iterator[tuple[str, str]]) -> Iterator[Event]:
-        finish_reason: str | None = None
-        done = False
+        reader = _EventReader(self)
         try:
             for name, data in frames:
-                if name == "error":
-                    raise self._sse_error(data)
-                if data.strip() == "[DONE]":
-                    # The whole field, never a substring: "[DONE]" in an answer comes as JSON.
-                    # v1 sends flowResponses after [DONE], so keep reading to the end (§8.2).
-                    done = True
-                    continue
-                if name in ("", "answer", "fastAnswer"):
-                    chunk = self._load(name or "answer", data)
-                    choices = chunk.get("choices") or [{}]
-                    choice = choices[0] if isinstance(choices[0], dict) else {}
-                    if choice.get("finish_reason"):
-                        finish_reason = str(choice["finish_reason"])
-                    delta = choice.get("delta") or {}
-                    # content is missing on reasoning chunks and null on the stop chunk; empty
-                    # chunks are the 10 s heartbeat (§8.3).
-                    content = delta.get("content") or ""
-                    reasoning = delta.get("reasoning_content") or ""
-                    if content or reasoning:
-                        yield AnswerDelta(
-                            text=content if isinstance(content, str) else str(content),
-                            reasoning=reasoning if isinstance(reasoning, str) else str(reasoning),
-                            fast=name == "fastAnswer",
-                        )
-                elif name == "flowNodeStatus":
-                    payload = self._load(name, data)
-                    yield NodeStatus(
-                        status=str(payload.get("status", "")), name=str(payload.get("name", ""))
-                    )
-                elif name in _TOOL_EVENTS:
-                    tool = self._load(name, data).get("tool")
-                    yield ToolEvent(kind=name, tool=tool if isinstance(tool, dict) else {})
-                elif name == "updateVariables":
-                    yield VariablesUpdated(variables=self._load(name, data))
-                elif name == "interactive":
-                    payload = self._load(name, data)
-                    inner = payload.get("interactive")
-                    yield Interactive(interactive=inner if isinstance(inner, dict) else payload)
-                elif name == "workflowDuration":
-                    seconds = self._load(name, data).get("durationSeconds")
-                    yield WorkflowDuration(seconds=_number(seconds))
-                elif name == "flowNodeResponse":
-                    yield NodeResponse(item=self._load(name, data))
-                elif name == "flowResponses":
-                    items = self._load(name, data, kind=list)
-                    yield FlowResponses(items=[i for i in items if isinstance(i, dict)])
-                # Any other event name is from a newer FastGPT: ignore it.
+                event = reader.take(name, data)
+                if event is not None:
+                    yield event
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout):
-            if not done:
+            if not reader.done:
                 raise
             # The answer was complete; only the node list after [DONE] was lost.
             log.warning("FastGPT closed the stream after [DONE], before flowResponses")
-        if not done and finish_reason is None:
-            raise self._error(_LOST, permanent=True)
-        yield Finished(finish_reason=finish_reason or "stop")
+        yield reader.finish()
 
     def _load(self, name: str, data: str, kind: type = dict) -> Any:
         try:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from fastgpt_portal.upstream.client import FastGPTClient
+from fastgpt_portal.upstream.client import FastGPTClient, keep_assigned_pools, new_http
 from fastgpt_portal.upstream.double import DOUBLE_APP_ID, DOUBLE_APP_KEY, FastGPTDouble
 
 APP_KEY = DOUBLE_APP_KEY
@@ -41,10 +41,18 @@ def fg(upstream_double: FastGPTDouble) -> Iterator[FastGPTDouble]:
     upstream_double.reset()
 
 
-@pytest.fixture(scope="session")
-def http() -> Iterator[httpx.Client]:
+def make_http(transport: str) -> httpx.Client:
+    """The portal's client ("loop"), or httpx's own transport ("httpx"), which the portal still
+    uses through an HTTP(S)_PROXY: both must fail and recover alike."""
+    if transport == "loop":
+        return new_http()
+    return keep_assigned_pools(httpx.Client(timeout=10))
+
+
+@pytest.fixture(scope="session", params=["loop", "httpx"])
+def http(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
     # One pool for the whole run: building a client (its TLS context) costs ~25 ms.
-    with httpx.Client(timeout=10) as client:
+    with make_http(request.param) as client:
         yield client
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from fastgpt_portal.upstream.client import (
     FastGPTClient,
     api_root,
     client_for,
-    new_http,
+    keep_assigned_pools,
     shared_http,
     usage_from,
 )
@@ -31,7 +32,7 @@ from fastgpt_portal.upstream.events import (
     WorkflowDuration,
 )
 from fastgpt_portal.upstream.models import App
-from tests.upstream.conftest import APP_KEY, GLOBAL_KEY, KEYS, OTHER_APP_ID
+from tests.upstream.conftest import APP_KEY, GLOBAL_KEY, KEYS, OTHER_APP_ID, make_http
 
 CHUNK = (
     '{{"id":"","object":"","created":0,"model":"",'
@@ -53,10 +54,38 @@ def frame(data: str, event: str | None = "answer") -> str:
 TAIL = frame(chunk(None, finish="stop")) + frame("[DONE]")
 
 
+READING = {"how": "stream_chat"}
+
+
+@pytest.fixture(autouse=True, params=["stream_chat", "stream_chat_to"])
+def reading(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test of an answer, read as an iterator and pushed to a sink: the worker's way."""
+    READING["how"] = request.param
+    yield request.param
+    READING["how"] = "stream_chat"
+
+
 def ask(api: FastGPTClient, text: str = "hello", *, chat_id: str = "c1", **kwargs) -> list:
-    return list(
-        api.stream_chat(chat_id=chat_id, custom_uid="u-alice", data_id="d-1", text=text, **kwargs)
+    question = {"chat_id": chat_id, "custom_uid": "u-alice", "data_id": "d-1", "text": text}
+    if READING["how"] == "stream_chat":
+        return list(api.stream_chat(**question, **kwargs))
+    events: list = []
+    assert (
+        api.stream_chat_to(lambda event: events.append(event) or False, **question, **kwargs)
+        is False
     )
+    return events
+
+
+def ask_into(api: FastGPTClient, received: list) -> list:
+    """Like ask(), but each event lands in `received` as it comes, for a test of a failure."""
+    if READING["how"] == "stream_chat":
+        for event in api.stream_chat(chat_id="c1", custom_uid="u", data_id="d", text="hi"):
+            received.append(event)
+    else:
+        api.stream_chat_to(lambda e: received.append(e) or False, chat_id="c1", custom_uid="u",
+                           data_id="d", text="hi")  # fmt: skip
+    return []
 
 
 def text_of(events: list) -> str:
@@ -289,8 +318,7 @@ def test_it_reports_a_connection_lost_mid_answer_after_the_partial_text(fg, api)
     received = []
 
     with pytest.raises(UpstreamError) as caught:
-        for event in api.stream_chat(chat_id="c1", custom_uid="u", data_id="d", text="hi"):
-            received.append(event)
+        received.extend(ask_into(api, received))
 
     assert text_of(received) == "You asked: hi"
     assert caught.value.message == "The connection to FastGPT was lost during the answer."
@@ -363,6 +391,55 @@ def test_closing_the_stream_closes_the_connection_so_v1_stops(http):
 
         saved = double.chats["c-stop"]["items"][-1]["value"][-1]["text"]["content"]
     assert 0 < len(saved.split()) < 50
+
+
+def test_a_sink_that_stops_closes_the_connection_so_v1_stops(http):
+    received = []
+
+    def sink(event) -> bool:
+        received.append(event)
+        return isinstance(event, AnswerDelta)
+
+    with FastGPTDouble(token_rate=100, tokens=200) as double:
+        api = FastGPTClient(double.url, APP_KEY, http=http)
+        assert api.stream_chat_to(sink, chat_id="c-stop", custom_uid="u", data_id="d", text="hi")
+        deadline = time.monotonic() + 3
+        while "c-stop" not in double.chats and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+        saved = double.chats["c-stop"]["items"][-1]["value"][-1]["text"]["content"]
+    assert isinstance(received[-1], AnswerDelta)
+    assert 0 < len(saved.split()) < 50
+
+
+def test_what_a_sink_raises_reaches_the_caller_and_closes_the_connection(fg, api):
+    def sink(event) -> bool:
+        if isinstance(event, AnswerDelta):
+            raise ValueError("the sink failed")
+        return False
+
+    with pytest.raises(ValueError, match="the sink failed"):
+        api.stream_chat_to(sink, chat_id="c1", custom_uid="u", data_id="d", text="hello")
+
+    assert ask(api, chat_id="c2")[-1] == Finished("stop")  # the pool is still good
+
+
+def test_the_portals_transport_hands_events_to_the_sink_on_its_loop_thread(fg):
+    import threading
+
+    threads = set()
+
+    def sink(event) -> bool:
+        if isinstance(event, AnswerDelta):  # Finished comes after the end, in the caller
+            threads.add(threading.current_thread().name)
+        return False
+
+    api = FastGPTClient(fg.url, APP_KEY, http=shared_http())
+    assert (
+        api.stream_chat_to(sink, chat_id="c1", custom_uid="u", data_id="d", text="hello") is False
+    )
+
+    assert threads == {"fastgpt-http"}  # no thread woken per piece of the answer
 
 
 # --------------------------------------------------------------------------- errors
@@ -681,7 +758,8 @@ def test_a_connection_handed_to_a_request_is_not_closed_before_the_request_uses_
     import httpcore
     from httpcore._sync.connection_pool import PoolRequest
 
-    http = new_http(keepalive_expiry=0.5)
+    # httpx's transport serves FastGPT only through a proxy (HTTPS_PROXY) now.
+    http = keep_assigned_pools(httpx.Client(limits=httpx.Limits(keepalive_expiry=0.5)))
     pool = http._transport._pool
     try:
         answer = FastGPTClient(fg.url, APP_KEY, http=http)
@@ -773,10 +851,11 @@ class IdleClosingServer:
         self.sock.close()
 
 
-def test_a_kept_alive_socket_closed_as_it_is_reused_is_resent_on_a_new_one():
+@pytest.mark.parametrize("transport", ["loop", "httpx"])
+def test_a_kept_alive_socket_closed_as_it_is_reused_is_resent_on_a_new_one(transport):
     server = IdleClosingServer()
     try:
-        with httpx.Client(timeout=5) as http:
+        with make_http(transport) as http:
             api = FastGPTClient(server.url, APP_KEY, timeout=5, connect_timeout=2, http=http)
             assert text_of(ask(api)) == "Hi"
             # The pooled socket is reused, closed unanswered, and the question resent once.
@@ -786,11 +865,12 @@ def test_a_kept_alive_socket_closed_as_it_is_reused_is_resent_on_a_new_one():
         server.close()
 
 
-def test_a_new_connection_closed_unanswered_is_not_resent():
+@pytest.mark.parametrize("transport", ["loop", "httpx"])
+def test_a_new_connection_closed_unanswered_is_not_resent(transport):
     # FastGPT may have started the workflow: sending again could answer twice.
     server = IdleClosingServer(drop_first=True)
     try:
-        with httpx.Client(timeout=5) as http:
+        with make_http(transport) as http:
             api = FastGPTClient(server.url, APP_KEY, timeout=5, connect_timeout=2, http=http)
             error = failure(api)
         assert error.permanent and "lost before it answered" in error.message
