@@ -21,10 +21,13 @@ import logging
 import threading
 import time
 from collections import deque
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.connection import HiredisRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
 
 log = logging.getLogger("fastgpt_portal.chat")
 
@@ -63,17 +66,45 @@ def sync_redis() -> redis.Redis:
     return _sync_client
 
 
+class _CPacking:
+    """Connection mixin: commands packed by hiredis (C), as redis-py's sync client does.
+
+    redis.asyncio (8.1) packs every command in Python, and the hub's XREAD names every followed
+    stream: at 1,000 streams that read took 5.7 ms to pack, 1.1 ms this way (same bytes).
+    """
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._packer.pack(*args)
+
+
+_c_packing: dict[type, type] = {}
+
+
+def _with_c_packing(client: aioredis.Redis) -> aioredis.Redis:
+    pool = client.connection_pool
+    cls = pool.connection_class  # TCP, TLS or a Unix socket, as the URL says
+    if HIREDIS_AVAILABLE and not issubclass(cls, _CPacking):
+        if cls not in _c_packing:
+            _c_packing[cls] = type(cls.__name__, (_CPacking, cls), {})
+        pool.connection_class = _c_packing[cls]
+    return client
+
+
 def async_redis() -> aioredis.Redis:
     """One client per event loop: redis.asyncio connections belong to the loop that made them."""
     loop_id = id(asyncio.get_running_loop())
     client = _async_clients.get(loop_id)
     if client is None:
-        client = aioredis.Redis.from_url(
-            settings.REDIS_URL,
-            decode_responses=True,
-            max_connections=10_000,
-            socket_timeout=30,
-            socket_connect_timeout=5,
+        client = _with_c_packing(
+            aioredis.Redis.from_url(
+                settings.REDIS_URL,
+                decode_responses=True,
+                max_connections=10_000,
+                socket_timeout=30,
+                socket_connect_timeout=5,
+            )
         )
         _async_clients[loop_id] = client
     return client
@@ -403,12 +434,14 @@ class StreamHub:
 
     async def _connect(self) -> None:
         # No socket timeout shorter than the block, and a connection of its own for the read.
-        self._reader = aioredis.Redis.from_url(
-            settings.REDIS_URL,
-            decode_responses=True,
-            single_connection_client=True,
-            socket_timeout=self.BLOCK_MS / 1000 + 20,
-            socket_connect_timeout=5,
+        self._reader = _with_c_packing(
+            aioredis.Redis.from_url(
+                settings.REDIS_URL,
+                decode_responses=True,
+                single_connection_client=True,
+                socket_timeout=self.BLOCK_MS / 1000 + 20,
+                socket_connect_timeout=5,
+            )
         )
         self._reader_id = int(await self._reader.client_id())
 

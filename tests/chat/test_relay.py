@@ -128,3 +128,28 @@ def test_a_stream_followed_again_from_an_earlier_point_skips_nothing(keys):
                 await hub._reader.aclose()
 
     assert asyncio.run(scenario()) == ["b", "c", "d"]
+
+
+def test_the_hub_packs_its_reads_in_c_and_redis_understands_them(keys):
+    import asyncio
+
+    written = {key: relay.sync_redis().xadd(key, {"e": "delta", "d": key[-1]}) for key in keys}
+
+    async def scenario() -> list[str]:
+        hub = relay.StreamHub()
+        try:
+            subs = [await hub.subscribe(key, "0-0") for key in keys]
+            got = [fields["d"] for sub in subs for _, fields in await sub.get(5)]
+            assert isinstance(hub._reader.connection, relay._CPacking)
+            # The shared client too (the hub's XRANGE, cancels), on the same connection kind.
+            client = relay.async_redis()
+            assert issubclass(client.connection_pool.connection_class, relay._CPacking)
+            assert await client.xrange(keys[0]) == [(written[keys[0]], {"e": "delta", "d": "0"})]
+            return got
+        finally:
+            if hub._task is not None:
+                hub._task.cancel()
+            if hub._reader is not None:
+                await hub._reader.aclose()
+
+    assert asyncio.run(scenario()) == ["0", "1", "2"]
