@@ -97,6 +97,13 @@ def test_a_first_token_waits_for_a_write_under_way_and_keeps_the_order(settings,
     assert [f["d"] for _, f in relay.sync_redis().xrange(keys[0])] == ["one", " two"]
 
 
+async def stop(hub: relay.StreamHub) -> None:
+    if hub._task is not None:
+        hub._task.cancel()
+    if hub._reader is not None:
+        await hub._reader.aclose()
+
+
 def test_a_stream_followed_again_from_an_earlier_point_skips_nothing(keys):
     # A browser reads part of an answer, drops, and reconnects with its Last-Event-ID while
     # the hub's blocking read, sent for the first connection from further on, is still out.
@@ -122,10 +129,7 @@ def test_a_stream_followed_again_from_an_earlier_point_skips_nothing(keys):
                 got += [fields["d"] for _, fields in entries]
             return got
         finally:
-            if hub._task is not None:
-                hub._task.cancel()
-            if hub._reader is not None:
-                await hub._reader.aclose()
+            await stop(hub)
 
     assert asyncio.run(scenario()) == ["b", "c", "d"]
 
@@ -147,9 +151,6 @@ def test_the_hub_packs_its_reads_in_c_and_redis_understands_them(keys):
             assert await client.xrange(keys[0]) == [(written[keys[0]], {"e": "delta", "d": "0"})]
             return got
         finally:
-            if hub._task is not None:
-                hub._task.cancel()
-            if hub._reader is not None:
-                await hub._reader.aclose()
+            await stop(hub)
 
     assert asyncio.run(scenario()) == ["0", "1", "2"]
