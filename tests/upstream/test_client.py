@@ -877,3 +877,12 @@ def test_a_new_connection_closed_unanswered_is_not_resent(transport):
         assert (server.answered, server.dropped) == (0, 1)
     finally:
         server.close()
+
+
+def test_event_data_beyond_strict_json_reads_as_it_did_with_the_standard_library():
+    from fastgpt_portal.upstream.client import _loads
+
+    # orjson reads events in C, and refuses these; json reads them, and so still does the client.
+    assert _loads('{"x": NaN}')["x"] != _loads('{"x": NaN}')["x"]
+    assert _loads('{"t": "\\ud800"}')["t"] == "\ud800"
+    assert _loads('{"t": "ok"}') == {"t": "ok"}
