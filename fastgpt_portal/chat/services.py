@@ -374,6 +374,19 @@ def _SQL() -> dict[str, str]:  # noqa: N802 - constants, built once the models a
             f"UPDATE {t.db_table} SET {col('sent_at').column} = %s"  # noqa: S608 - names
             f" WHERE {t.pk.column} = %s"
         ),
+        # And ends with this one: through the ORM (F() sums, two JSON fields) it was a twelfth
+        # of the worker's CPU at 1,000 streams.
+        "done": (
+            f"UPDATE {t.db_table} SET {col('status').column} = %s,"  # noqa: S608 - names
+            f" {col('first_token_at').column} = %s, {col('answer').column} = %s,"
+            f" {col('reasoning').column} = %s, {col('finished_at').column} = %s,"
+            + ", ".join(
+                f"{col(name).column} = {col(name).column} + %s"
+                for name in ("points", "input_tokens", "output_tokens")
+            )
+            + f", {col('flow_responses').column} = %s, {col('interactive').column} = %s"
+            f" WHERE {t.pk.column} = %s AND {col('status').column} = %s"
+        ),
     }
 
 
@@ -562,18 +575,26 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
     text = "".join(answer)
     checkpoints.discard(turn_pk)
     _mark_app_health(app, None)
-    Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
-        status=Status.DONE,
-        first_token_at=received.first_token_at,
-        answer=text,
-        reasoning="".join(reasoning),
-        finished_at=timezone.now(),
-        points=F("points") + usage.points,
-        input_tokens=F("input_tokens") + usage.input_tokens,
-        output_tokens=F("output_tokens") + usage.output_tokens,
-        flow_responses=flow or nodes or None,
-        interactive=received.interactive,
-    )
+    prep = connection.ops.adapt_datetimefield_value
+    fields = Turn._meta.get_field
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _SQL()["done"],
+            [
+                Status.DONE,
+                prep(received.first_token_at),
+                text,
+                "".join(reasoning),
+                _db_now(),
+                fields("points").get_db_prep_save(usage.points, connection),
+                usage.input_tokens,
+                usage.output_tokens,
+                fields("flow_responses").get_db_prep_save(flow or nodes or None, connection),
+                fields("interactive").get_db_prep_save(received.interactive, connection),
+                turn_pk,
+                Status.RUNNING,
+            ],
+        )
     relay.publish_done(turn_pk, turn.data_id)
     log.info(
         "turn %s done: %d chars, %.4f points, %d+%d tokens",
