@@ -243,25 +243,24 @@ class _SSEParser:
         self._after_cr = chunk.endswith(b"\r")
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if b"\n" not in chunk:
+        lines, newline, rest = chunk.rpartition(b"\n")
+        if not newline:
             self._tail.append(chunk)
             return frames
-        parts = chunk.split(b"\n")
         if self._tail:
-            self._tail.append(parts[0])
-            parts[0] = b"".join(self._tail)
+            self._tail.append(lines)
+            lines = b"".join(self._tail)
             self._tail = []
-        last = parts.pop()
-        if last:
-            self._tail.append(last)
-        for part in parts:
-            self._line(part.decode("utf-8", "replace"), frames)
+        if rest:
+            self._tail.append(rest)
+        # Decoded at once: a UTF-8 sequence never spans an LF, so this is line by line.
+        self._parse(lines.decode("utf-8", "replace"), frames)
         return frames
 
     def end(self) -> list[tuple[str, str]]:
         frames: list[tuple[str, str]] = []
         if self._tail:
-            self._line(b"".join(self._tail).decode("utf-8", "replace"), frames)
+            self._parse(b"".join(self._tail).decode("utf-8", "replace"), frames)
             self._tail = []
         if self._data:
             # A last frame without its blank line: keep it rather than lose [DONE] or an error.
@@ -269,21 +268,23 @@ class _SSEParser:
             self._event, self._data = "", []
         return frames
 
-    def _line(self, line: str, frames: list[tuple[str, str]]) -> None:
-        if not line:
-            if self._data:
-                frames.append((self._event, "\n".join(self._data)))
-            self._event, self._data = "", []
-            return
-        if line.startswith(":"):
-            return  # a comment
-        name, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
+    def _parse(self, text: str, frames: list[tuple[str, str]]) -> None:
+        """Complete lines, one loop for all: this runs for every token of every answer."""
+        event, data = self._event, self._data
+        for line in text.split("\n"):
+            if not line:
+                if data:
+                    frames.append((event, data[0] if len(data) == 1 else "\n".join(data)))
+                event, data = "", []
+            elif line[0] != ":":  # else a comment
+                name, _, value = line.partition(":")
+                if value[:1] == " ":
+                    value = value[1:]
+                if name == "data":
+                    data.append(value)
+                elif name == "event":
+                    event = value
+        self._event, self._data = event, data
 
 
 def _frames(chunks: Iterable[bytes]) -> Iterator[tuple[str, str]]:
@@ -472,7 +473,7 @@ class _EventReader:
         client = self._client
         if name == "error":
             raise client._sse_error(data)
-        if data.strip() == "[DONE]":
+        if len(data) < 64 and data.strip() == "[DONE]":
             # The whole field, never a substring: "[DONE]" in an answer comes as JSON.
             # v1 sends flowResponses after [DONE], so keep reading to the end (§8.2).
             self.done = True
