@@ -207,6 +207,9 @@ class _Body(httpx.SyncByteStream):
                     return
         except asyncio.CancelledError:
             response.close()
+            if self._pushed is not None and not self._pushed.done():
+                # Cancelled from outside (the session closing at exit): push() must not wait on.
+                self._pushed.set_exception(httpx.ReadError("the HTTP loop closed the answer"))
             raise
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the reader
             response.close()

@@ -15,6 +15,7 @@ from fastgpt_portal.upstream.client import (
     api_root,
     client_for,
     keep_assigned_pools,
+    new_http,
     shared_http,
     usage_from,
 )
@@ -440,6 +441,31 @@ def test_the_portals_transport_hands_events_to_the_sink_on_its_loop_thread(fg):
     )
 
     assert threads == {"fastgpt-http"}  # no thread woken per piece of the answer
+
+
+def test_a_pushed_body_closed_from_another_thread_ends_the_push_with_an_error():
+    import threading
+
+    from fastgpt_portal.upstream.transport import PUSH
+
+    question = {"chatId": "c-close", "stream": True, "detail": True,
+                "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    with FastGPTDouble(token_rate=50, tokens=200) as double, new_http() as http:
+        with http.stream(
+            "POST", f"{double.url}/api/v1/chat/completions", json=question,
+            headers={"Authorization": f"Bearer {APP_KEY}"},
+        ) as response:  # fmt: skip
+            pieces = []
+
+            def feed(chunk: bytes) -> bool:
+                pieces.append(chunk)
+                if len(pieces) == 1:
+                    threading.Thread(target=response.close).start()
+                return False
+
+            with pytest.raises(httpx.ReadError):
+                response.extensions[PUSH](feed)  # returns instead of waiting for the end
+    assert 0 < len(pieces) < 50
 
 
 # --------------------------------------------------------------------------- errors
