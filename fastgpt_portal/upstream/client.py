@@ -88,9 +88,9 @@ def new_http(keepalive_expiry: float = 2.0) -> httpx.Client:
     Requests through an HTTP(S)_PROXY from the environment keep httpx's own transport, with a
     pool that does not close connections under a request.
     """
-    # Well below Node's 5 s keep-alive: our idle clock starts when we have read an answer,
-    # FastGPT's when it wrote it, and under load reading lags by seconds. A socket reused as
-    # FastGPT closes it can lose an answer.
+    # keepalive_expiry (2 s) is well below Node's 5 s keep-alive: our idle clock starts when we
+    # have read an answer, FastGPT's when it wrote it, and under load reading lags by seconds.
+    # A socket reused as FastGPT closes it can lose an answer.
     max_connections = 2000
     client = httpx.Client(
         transport=LoopTransport(max_connections=max_connections, keepalive_expiry=keepalive_expiry),
