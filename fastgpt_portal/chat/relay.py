@@ -29,6 +29,8 @@ from django.conf import settings
 from redis.connection import HiredisRespSerializer
 from redis.utils import HIREDIS_AVAILABLE
 
+from fastgpt_portal.lib.mixins import mixed_in
+
 log = logging.getLogger("fastgpt_portal.chat")
 
 STREAM_MAXLEN = 20_000
@@ -79,16 +81,11 @@ class _CPacking:
         return self._packer.pack(*args)
 
 
-_c_packing: dict[type, type] = {}
-
-
 def _with_c_packing(client: aioredis.Redis) -> aioredis.Redis:
     pool = client.connection_pool
     cls = pool.connection_class  # TCP, TLS or a Unix socket, as the URL says
     if HIREDIS_AVAILABLE and not issubclass(cls, _CPacking):
-        if cls not in _c_packing:
-            _c_packing[cls] = type(cls.__name__, (_CPacking, cls), {})
-        pool.connection_class = _c_packing[cls]
+        pool.connection_class = mixed_in(_CPacking, cls)
     return client
 
 

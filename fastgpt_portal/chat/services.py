@@ -518,11 +518,10 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
             data_id=turn.data_id,
             text=turn.question,
         )
-        first_token_at = received.first_token_at
         if stopped:  # the user pressed Stop; closing the connection stopped the workflow (v1)
             checkpoints.discard(turn_pk)
             Turn.objects.filter(pk=turn_pk, status=Status.RUNNING).update(
-                first_token_at=first_token_at,
+                first_token_at=received.first_token_at,
                 status=Status.CANCELLED,
                 answer="".join(answer),
                 reasoning="".join(reasoning),
@@ -534,7 +533,6 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
             log.info("turn %s cancelled by the user", turn_pk)
             return RunOutcome(status=Status.CANCELLED)
     except UpstreamError as exc:
-        first_token_at = received.first_token_at
         text = "".join(answer)
         if exc.admin_action:
             _mark_app_health(app, exc)
@@ -557,7 +555,7 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
             "turn %s failed after %s attempt(s): app=%s code=%s: %s",
             turn_pk, turn.attempts, app.slug, exc.code, exc.message,
         )  # fmt: skip
-        _fail(turn_pk, turn.data_id, exc, answer=text, first_token_at=first_token_at)
+        _fail(turn_pk, turn.data_id, exc, answer=text, first_token_at=received.first_token_at)
         return RunOutcome(status=Status.FAILED)
     except Exception:
         log.exception("turn %s: unexpected error", turn_pk)

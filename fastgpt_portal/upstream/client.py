@@ -26,6 +26,7 @@ import httpx
 import orjson
 from django.views.decorators.debug import sensitive_variables
 
+from fastgpt_portal.lib.mixins import mixed_in
 from fastgpt_portal.upstream.events import (
     AnswerDelta,
     Event,
@@ -110,7 +111,7 @@ def keep_assigned_pools(client: httpx.Client) -> httpx.Client:
     for transport in [client._transport, *client._mounts.values()]:
         pool = getattr(transport, "_pool", None)
         if isinstance(pool, httpcore.ConnectionPool):
-            pool.__class__ = _keep_assigned(type(pool))
+            pool.__class__ = mixed_in(_KeepAssignedConnections, type(pool))
     return client
 
 
@@ -138,15 +139,6 @@ class _KeepAssignedConnections:
             return super()._assign_requests_to_connections()  # type: ignore[misc]
         finally:
             self._connections.extend(held)
-
-
-_safe_pools: dict[type, type] = {}
-
-
-def _keep_assigned(cls: type) -> type:
-    if cls not in _safe_pools:
-        _safe_pools[cls] = type(cls.__name__, (_KeepAssignedConnections, cls), {})
-    return _safe_pools[cls]
 
 
 def client_for(app: Any) -> FastGPTClient:
@@ -454,6 +446,10 @@ def _pushable(response: httpx.Response) -> bool:
     )
 
 
+# How a connection lost mid-answer shows; after [DONE] the answer is whole (see _EventReader).
+_AFTER_DONE_LOSSES = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout)
+
+
 class _Stopped(Exception):
     """The sink of stream_chat_to asked to stop."""
 
@@ -519,6 +515,12 @@ class _EventReader:
             items = client._load(name, data, kind=list)
             return FlowResponses(items=[i for i in items if isinstance(i, dict)])
         return None  # any other event name is from a newer FastGPT: ignore it
+
+    def lost_after_done(self) -> bool:
+        """Whether a connection lost now costs only the node list after [DONE] (logged)."""
+        if self.done:
+            log.warning("FastGPT closed the stream after [DONE], before flowResponses")
+        return self.done
 
     def finish(self) -> Finished:
         """The last event, once the stream has ended; raises if the answer was cut off."""
@@ -669,11 +671,10 @@ class FastGPTClient:
                 ) as response:
                     chunks = self._event_stream(response)
                     phase = "streaming"
-                    push = response.extensions.get(PUSH) if sink is not None else None
-                    if sink is None or push is None or not _pushable(response):
-                        yield from self._events(_frames(chunks))
+                    if sink is not None and PUSH in response.extensions and _pushable(response):
+                        self._push(response.extensions[PUSH], sink)
                     else:
-                        self._push(push, sink)
+                        yield from self._events(_frames(chunks))
                 return
             except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 if phase == "request" and not connected and attempt < STALE_RETRIES:
@@ -692,26 +693,20 @@ class FastGPTClient:
         Raises _Stopped if `sink` stopped it, and what _events raises otherwise."""
         parser, reader = _SSEParser(), _EventReader(self)
 
-        def feed(chunk: bytes) -> bool:
-            for name, data in parser.feed(chunk):
+        def deliver(frames: list[tuple[str, str]]) -> bool:
+            for name, data in frames:
                 event = reader.take(name, data)
                 if event is not None and sink(event):
                     return True
             return False
 
         try:
-            if push(feed):
-                raise _Stopped
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout):
-            if not reader.done:
+            stopped = push(lambda chunk: deliver(parser.feed(chunk))) or deliver(parser.end())
+        except _AFTER_DONE_LOSSES:
+            if not reader.lost_after_done():
                 raise
-            log.warning("FastGPT closed the stream after [DONE], before flowResponses")
-        else:
-            for name, data in parser.end():
-                event = reader.take(name, data)
-                if event is not None and sink(event):
-                    raise _Stopped
-        if sink(reader.finish()):
+            stopped = False
+        if stopped or sink(reader.finish()):
             raise _Stopped
 
     def _event_stream(self, response: httpx.Response) -> Iterator[bytes]:
@@ -802,11 +797,9 @@ class FastGPTClient:
                 event = reader.take(name, data)
                 if event is not None:
                     yield event
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout):
-            if not reader.done:
+        except _AFTER_DONE_LOSSES:
+            if not reader.lost_after_done():
                 raise
-            # The answer was complete; only the node list after [DONE] was lost.
-            log.warning("FastGPT closed the stream after [DONE], before flowResponses")
         yield reader.finish()
 
     def _load(self, name: str, data: str, kind: type = dict) -> Any:

@@ -76,13 +76,14 @@ def http_loop() -> asyncio.AbstractEventLoop:
 # ---------------------------------------------------------------------------- errors
 
 
-def _mapped(exc: BaseException, ctx: SimpleNamespace) -> Exception:
-    """The httpx exception httpx's own transport raises for the same failure."""
+def _mapped(exc: BaseException, ctx: SimpleNamespace | None = None) -> Exception:
+    """The httpx exception httpx's own transport raises for the same failure; `ctx` (the
+    request's trace context) tells a wait for a pooled connection from a slow connect."""
     if isinstance(exc, httpx.HTTPError):
         return exc
     message = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        if ctx.queued and not ctx.dequeued:
+        if ctx is not None and ctx.queued and not ctx.dequeued:
             return httpx.PoolTimeout(message)
         return httpx.ConnectTimeout(message)
     if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError | TimeoutError):
@@ -118,11 +119,11 @@ Feed = Callable[[bytes], bool]
 class _Body(httpx.SyncByteStream):
     """An answer's bytes as its loop reads them: each wake takes all that has arrived."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float | None) -> None:
         self._chunks: queue.SimpleQueue = queue.SimpleQueue()
         self._loop = loop
         self._task: asyncio.Task | None = None
-        self._timeout: float | None = None
+        self._timeout = None if read_timeout is None else read_timeout + _GRACE_S
         self._done = False
         # Set on the loop by push(): chunks go to _feed there, the outcome to _pushed.
         self._feed: Feed | None = None
@@ -176,19 +177,23 @@ class _Body(httpx.SyncByteStream):
         # What the pump queued before push() was called goes first, in order.
         while not self._chunks.empty():
             item = self._chunks.get_nowait()
-            if item is _END:
-                pushed.set_result(False)
-                return
-            if isinstance(item, BaseException):
-                pushed.set_exception(item)
+            if item is _END or isinstance(item, BaseException):
+                _conclude(pushed, item)
                 return
             stop = _fed(feed, item)
             if stop is not False:
                 if self._task is not None:
                     self._task.cancel()  # closes the connection
-                _settle(pushed, stop)
+                _conclude(pushed, stop)
                 return
         self._feed, self._pushed = feed, pushed
+
+    def _end(self, outcome: object) -> None:
+        """The body has ended (_END) or failed (an exception): tell push() or the reader."""
+        if self._pushed is not None:
+            _conclude(self._pushed, outcome)
+        else:
+            self._chunks.put(outcome)
 
     async def pump(self, response: aiohttp.ClientResponse) -> None:
         put = self._chunks.put
@@ -203,27 +208,20 @@ class _Body(httpx.SyncByteStream):
                 if stop is not False:
                     response.close()
                     assert self._pushed is not None
-                    _settle(self._pushed, stop)
+                    _conclude(self._pushed, stop)
                     return
         except asyncio.CancelledError:
             response.close()
-            if self._pushed is not None and not self._pushed.done():
-                # Cancelled from outside (the session closing at exit): push() must not wait on.
-                self._pushed.set_exception(httpx.ReadError("the HTTP loop closed the answer"))
+            if self._pushed is not None:
+                # Cancelled from elsewhere (close() from another thread): push() must not wait on.
+                _conclude(self._pushed, httpx.ReadError("the HTTP loop closed the answer"))
             raise
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the reader
             response.close()
-            error = _mapped(exc, SimpleNamespace(queued=False, dequeued=False))
-            if self._pushed is not None:
-                self._pushed.set_exception(error)
-            else:
-                put(error)
+            self._end(_mapped(exc))
         else:
             response.release()  # read to the end: the connection goes back to the pool
-            if self._pushed is not None:
-                self._pushed.set_result(False)
-            else:
-                put(_END)
+            self._end(_END)
 
 
 # ---------------------------------------------------------------------------- transport
@@ -237,12 +235,15 @@ def _fed(feed: Feed, chunk: bytes) -> object:
         return exc
 
 
-def _settle(pushed: Future, stop: object) -> None:
-    """push()'s outcome once feed stopped it: True, or what feed raised."""
-    if isinstance(stop, BaseException):
-        pushed.set_exception(stop)
+def _conclude(pushed: Future, outcome: object) -> None:
+    """push()'s result, once: False at the body's end (_END), True when feed stopped it, or the
+    exception that reading or feed raised."""
+    if pushed.done():
+        return
+    if isinstance(outcome, BaseException):
+        pushed.set_exception(outcome)
     else:
-        pushed.set_result(True)
+        pushed.set_result(outcome is not _END)
 
 
 async def _on_create(_session: Any, ctx: SimpleNamespace, _params: Any) -> None:
@@ -293,18 +294,14 @@ class LoopTransport(httpx.BaseTransport):
         )
 
     async def _open(
-        self, request: httpx.Request, ctx: SimpleNamespace, body: _Body
+        self,
+        request: httpx.Request,
+        limits: aiohttp.ClientTimeout,
+        ctx: SimpleNamespace,
+        body: _Body,
     ) -> aiohttp.ClientResponse:
         if self._session is None:
             self._session = self._new_session()
-        timeouts = request.extensions.get("timeout") or {}
-        connect, pool = timeouts.get("connect"), timeouts.get("pool")
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=None if connect is None or pool is None else connect + pool,
-            sock_connect=connect,
-            sock_read=timeouts.get("read"),
-        )
         headers = [
             (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in request.headers.raw
@@ -316,7 +313,7 @@ class LoopTransport(httpx.BaseTransport):
             data=request.content or None,
             headers=headers,
             allow_redirects=False,
-            timeout=timeout,
+            timeout=limits,
             trace_request_ctx=ctx,
         )
         body._task = self._loop.create_task(body.pump(response))
@@ -329,11 +326,16 @@ class LoopTransport(httpx.BaseTransport):
             )
         request.read()
         timeouts = request.extensions.get("timeout") or {}
+        connect, pool = timeouts.get("connect"), timeouts.get("pool")
+        limits = aiohttp.ClientTimeout(
+            total=None,
+            connect=None if connect is None or pool is None else connect + pool,
+            sock_connect=connect,
+            sock_read=timeouts.get("read"),
+        )
         ctx = SimpleNamespace(trace=request.extensions.get("trace"), queued=False, dequeued=False)
-        body = _Body(self._loop)
-        read = timeouts.get("read")
-        body._timeout = None if read is None else read + _GRACE_S
-        opening = self._open(request, ctx, body)
+        body = _Body(self._loop, timeouts.get("read"))
+        opening = self._open(request, limits, ctx, body)
         opened: Future = asyncio.run_coroutine_threadsafe(opening, self._loop)
         try:
             response = opened.result()
