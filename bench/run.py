@@ -142,20 +142,19 @@ def phase_ttft(stack: Stack, user: dict, pairs: int) -> dict[str, Any]:
 
 
 def worker_breakdown(pks: list[int]) -> dict[str, dict[str, float]]:
-    """Percentiles, in seconds, of queued (the INSERT) -> task started ("dispatch"), -> question
-    sent ("claim"), -> first token in the worker ("upstream"), from the turns' own timestamps
-    (all taken by the portal's clock)."""
+    """Percentiles, in seconds, of queued (the INSERT) -> task started ("dispatch") -> first
+    token in the worker ("upstream": the claim, which also marks the question sent, and the call
+    to FastGPT), from the turns' own timestamps (all taken by the portal's clock)."""
     from fastgpt_portal.chat.models import Turn
 
     stamps = Turn.objects.filter(pk__in=pks).values_list(
-        "queued_at", "started_at", "sent_at", "first_token_at"
+        "queued_at", "started_at", "first_token_at"
     )
-    breakdown: dict[str, list[float]] = {"dispatch": [], "claim": [], "upstream": []}
-    for queued, started, sent, first in stamps:
-        if queued and started and sent and first:
+    breakdown: dict[str, list[float]] = {"dispatch": [], "upstream": []}
+    for queued, started, first in stamps:
+        if queued and started and first:
             breakdown["dispatch"].append((started - queued).total_seconds())
-            breakdown["claim"].append((sent - started).total_seconds())
-            breakdown["upstream"].append((first - sent).total_seconds())
+            breakdown["upstream"].append((first - started).total_seconds())
     return {k: analysis.pcts(v) for k, v in breakdown.items() if v}
 
 
@@ -303,8 +302,8 @@ def table(report: dict[str, Any]) -> str:
     ]  # fmt: skip
     if w := t.get("worker_breakdown"):
         rows.append(
-            ("  worker: queued->task / ->sent / ->1st token",
-             " / ".join(ms(w[k]["p50"]) for k in ("dispatch", "claim", "upstream")), "", "")
+            ("  worker: queued->task / ->1st token",
+             " / ".join(ms(w[k]["p50"]) for k in ("dispatch", "upstream")), "", "")
         )  # fmt: skip
     for lv in report["concurrency"]:
         n, h = lv["turns"], f"{lv['turns']} streams"
@@ -320,7 +319,7 @@ def table(report: dict[str, Any]) -> str:
             (f"{h}: send / queued->task / ->1st token p50",
              " / ".join(f"{1000 * v:.0f}" for v in (
                  lv["send_response"]["p50"], lv["worker_breakdown"]["dispatch"]["p50"],
-                 lv["worker_breakdown"]["claim"]["p50"] + lv["worker_breakdown"]["upstream"]["p50"]
+                 lv["worker_breakdown"]["upstream"]["p50"]
              )) + " ms", "", ""),
             (f"{h}: tokens/s delivered / sent",
              f"{lv['tokens_per_s_delivered']:.0f} / {lv['tokens_per_s_sent']:.0f}", "", ""),

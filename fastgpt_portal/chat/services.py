@@ -341,7 +341,7 @@ _API_KEY = _APP_FIELDS.index("api_key")
 @cache
 def _SQL() -> dict[str, str]:  # noqa: N802 - constants, built once the models are ready
     # A turn starts with these statements, as raw SQL (claim and load, one statement on
-    # PostgreSQL; then sent): through the ORM the claim and the select_related load cost the
+    # PostgreSQL): through the ORM the claim and the select_related load cost the
     # worker 7 ms of CPU (compiling, and building four models with every column), which is
     # most of the time between a task starting and the question reaching FastGPT
     # (bench/RESULTS.md). Names come from the models.
@@ -351,6 +351,7 @@ def _SQL() -> dict[str, str]:  # noqa: N802 - constants, built once the models a
     claim = (
         f"UPDATE {t.db_table} SET {col('status').column} = %s,"  # noqa: S608 - names
         f" {col('started_at').column} = %s, {col('heartbeat_at').column} = %s,"
+        f" {col('sent_at').column} = %s,"
         f" {col('attempts').column} = {col('attempts').column} + 1"
         f" WHERE {t.pk.column} = %s AND {col('status').column} = %s"
     )
@@ -370,10 +371,6 @@ def _SQL() -> dict[str, str]:  # noqa: N802 - constants, built once the models a
         "load": f"{load} FROM {t.db_table} t {joins} WHERE t.{t.pk.column} = %s",  # noqa: S608
         # PostgreSQL: both in one round trip (the claimed row, as updated, feeds the joins).
         "claim_and_load": f"WITH t AS ({claim} RETURNING *) {load} FROM t {joins}",  # noqa: S608
-        "sent": (
-            f"UPDATE {t.db_table} SET {col('sent_at').column} = %s"  # noqa: S608 - names
-            f" WHERE {t.pk.column} = %s"
-        ),
         # And ends with this one: through the ORM (F() sums, two JSON fields) it was a twelfth
         # of the worker's CPU at 1,000 streams.
         "done": (
@@ -395,11 +392,16 @@ def _db_now() -> Any:
 
 
 def _claim(turn_pk: int) -> tuple[_Claimed, App, str | None] | None:
-    """Mark a queued turn running and read what sending it needs: the turn, its app and the
-    user's customUid (None when the user has none yet). None when it is not queued."""
+    """Mark a queued turn running and sent, and read what sending it needs: the turn, its app
+    and the user's customUid (None when the user has none yet). None when it is not queued.
+
+    sent_at is set here, not in a statement of its own once the question is about to go: that
+    was a second commit (a WAL flush) on the first token's path. The question goes to FastGPT
+    right after, so a worker lost in between is rare, and its turn is then failed by the sweeper
+    (the user presses Retry) instead of sent again: a question is never sent twice."""
     now = _db_now()
     with connection.cursor() as cursor:
-        claim = [Status.RUNNING, now, now, turn_pk, Status.QUEUED]
+        claim = [Status.RUNNING, now, now, now, turn_pk, Status.QUEUED]
         if connection.vendor == "postgresql":
             cursor.execute(_SQL()["claim_and_load"], claim)
             row = cursor.fetchone()
@@ -502,8 +504,6 @@ def turn_run(*, turn_pk: int) -> RunOutcome:
     publisher.publish([("status", "Sending to FastGPT…")])
 
     received = _Answer(turn_pk, publisher)
-    with connection.cursor() as cursor:
-        cursor.execute(_SQL()["sent"], [_db_now(), turn_pk])
     if not connection.in_atomic_block:
         # An answer streams for seconds or minutes: give the database connection back
         # meanwhile (checkpoints go through one writer thread), so a thousand streaming turns

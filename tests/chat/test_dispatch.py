@@ -62,6 +62,9 @@ def test_the_claim_marks_the_turn_running_and_reads_what_sending_needs(alice, de
     assert custom_uid is None  # alice has not asked anything before
     turn.refresh_from_db()
     assert (turn.status, turn.attempts) == ("running", 1) and turn.started_at
+    # Marked sent by the same statement (no second commit before the question goes): a worker
+    # lost from here on leaves a turn the sweeper fails, never one it sends again.
+    assert turn.sent_at == turn.started_at
     # A second delivery of the same task finds nothing to claim.
     assert services._claim(turn.pk) is None
 
