@@ -25,7 +25,7 @@ from fastgpt_portal.accounts.services import identity_for
 from fastgpt_portal.chat import relay
 from fastgpt_portal.chat.checkpoints import checkpoints
 from fastgpt_portal.chat.models import Conversation, Turn, new_data_id
-from fastgpt_portal.lib import rows
+from fastgpt_portal.lib import broker, rows
 from fastgpt_portal.upstream.client import client_for, usage_from
 from fastgpt_portal.upstream.events import (
     AnswerDelta,
@@ -69,23 +69,27 @@ def _publish(turn_pk: int, countdown: float | None = None) -> None:
         if countdown:
             run_turn.apply_async((turn_pk,), countdown=countdown)
         else:
-            run_turn.delay(turn_pk)
+            broker.publish(run_turn, [(turn_pk,)])
     except Exception:
         # The turn is saved as queued; the sweeper sends it once the broker is back.
         log.exception("turn %s: could not reach the broker; the sweeper will retry", turn_pk)
 
 
 def _publish_many(turns: list[tuple[int, float | None]]) -> None:
-    """Publish several turns' tasks in one pipelined Redis round trip (kombu's batch)."""
+    """Publish several turns' tasks in one Redis round trip each for those to run now
+    (broker.publish) and those to run later (kombu's batch)."""
     if len(turns) == 1:
         _publish(*turns[0])
         return
     from fastgpt_portal.chat.tasks import run_turn
 
     try:
-        with run_turn.app.producer_or_acquire() as producer, producer.batch():
-            for turn_pk, countdown in turns:
-                run_turn.apply_async((turn_pk,), countdown=countdown, producer=producer)
+        if now := [(turn_pk,) for turn_pk, countdown in turns if not countdown]:
+            broker.publish(run_turn, now)
+        if later := [(turn_pk, countdown) for turn_pk, countdown in turns if countdown]:
+            with run_turn.app.producer_or_acquire() as producer, producer.batch():
+                for turn_pk, countdown in later:
+                    run_turn.apply_async((turn_pk,), countdown=countdown, producer=producer)
     except Exception:
         log.exception(
             "turns %s: could not reach the broker; the sweeper will retry",

@@ -146,3 +146,60 @@ def test_sends_that_queue_up_are_published_together_and_each_runs(
         wait_until(lambda pk=turn.pk: Turn.objects.get(pk=pk).is_finished)
     assert {t.status for t in Turn.objects.filter(pk__in=[t.pk for t in turns])} == {"done"}
     assert len(completions(fastgpt)) == 6, "each question reached FastGPT once"
+
+
+def test_turns_are_published_as_the_messages_celery_writes(monkeypatch):
+    """broker.publish sends a process's first task through Celery and copies its message for
+    the next ones: each copy must be what apply_async() would have written, but for its ids
+    and arguments."""
+    import base64
+    import dataclasses
+    import json
+
+    from django.conf import settings
+    from kombu.transport import redis as kombu_redis
+
+    from fastgpt_portal.chat.tasks import run_turn
+
+    written: list[tuple[str, dict]] = []  # (Redis list, message), in the order workers take them
+    monkeypatch.setattr(
+        kombu_redis.Channel,
+        "_put",
+        lambda self, queue, message, **kw: written.append((queue, message)),
+    )
+    monkeypatch.setattr(broker, "_templates", {})
+
+    class Client:
+        def lpush(self, key: str, *messages: bytes) -> None:
+            written.extend((key, json.loads(m)) for m in messages)
+
+    broker.publish(run_turn, [(11,)])  # learned: sent the Celery way
+    pid, template = broker._templates[run_turn.name]
+    broker._templates[run_turn.name] = (pid, dataclasses.replace(template, client=Client()))
+    broker.publish(run_turn, [(12,), (13,)])
+    run_turn.apply_async((14,))  # Celery's own, for comparison
+
+    def ids_and_args(message: dict) -> tuple[str, str, tuple, str]:
+        headers, properties = message["headers"], message["properties"]
+        args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        assert headers["root_id"] == properties["correlation_id"] == headers["id"]
+        assert kwargs == {} and headers["argsrepr"] == repr(tuple(args))
+        return headers["id"], properties["delivery_tag"], tuple(args), message["headers"]["task"]
+
+    def without_ids_and_args(message: dict) -> dict:
+        message = json.loads(json.dumps(message))
+        for field in ("id", "root_id", "argsrepr"):
+            message["headers"].pop(field)
+        for field in ("correlation_id", "delivery_tag"):
+            message["properties"].pop(field)
+        message["body"] = json.loads(base64.b64decode(message["body"]))[1:]
+        return message
+
+    queues = {queue for queue, _ in written}
+    assert queues == {settings.CELERY_TASK_DEFAULT_QUEUE}
+    found = [ids_and_args(message) for _, message in written]
+    assert [args for _, _, args, _ in found] == [(11,), (12,), (13,), (14,)]
+    assert len({task_id for task_id, *_ in found}) == 4
+    assert len({tag for _, tag, *_ in found}) == 4
+    celery = without_ids_and_args(written[3][1])
+    assert all(without_ids_and_args(message) == celery for _, message in written[:3])

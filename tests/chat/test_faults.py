@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from fastgpt_portal.chat import relay, services
 from fastgpt_portal.chat.models import Conversation, Turn
+from fastgpt_portal.lib import broker
 from fastgpt_portal.lib.embedded_redis import EmbeddedRedis, free_port
 from fastgpt_portal.upstream.double import DOUBLE_APP_KEY
 from fastgpt_portal.upstream.models import App
@@ -261,13 +262,14 @@ def test_a_hanging_broker_does_not_hold_the_send_and_the_sweeper_sends_later(
     release, gave_up = threading.Event(), threading.Event()
     calls: list[int] = []
 
-    def hanging_delay(pk: int) -> None:  # Redis accepts the connection, then never answers
-        calls.append(pk)
+    def hanging_publish(task, args: list[tuple[int]]) -> None:  # Redis accepts, never answers
+        assert task is run_turn
+        calls.extend(pk for (pk,) in args)
         release.wait(10)
         gave_up.set()
         raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    monkeypatch.setattr(run_turn, "delay", hanging_delay)
+    monkeypatch.setattr(broker, "publish", hanging_publish)
     client.force_login(alice)
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(
@@ -283,7 +285,7 @@ def test_a_hanging_broker_does_not_hold_the_send_and_the_sweeper_sends_later(
 
     # Once the broker is back, the sweeper sends it.
     sent: list[int] = []
-    monkeypatch.setattr(run_turn, "delay", sent.append)
+    monkeypatch.setattr(broker, "publish", lambda task, args: sent.extend(pk for (pk,) in args))
     settings.PORTAL_REQUEUE_SECONDS = 0
     Turn.objects.filter(pk=turn.pk).update(queued_at=timezone.now() - timezone.timedelta(1))
     assert services.sweep_turns()["resent"] == 1
