@@ -322,6 +322,11 @@ def _id_tuple(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
 class Subscription:
     """One SSE connection's view of one stream: entries after `cursor`, in order, once."""
 
@@ -330,7 +335,7 @@ class Subscription:
         self.key = key
         self.cursor = _id_tuple(cursor)
         self._pending: list[Entry] = []
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # get() waiting for entries
         self._stash: list[Entry] | None = None  # while catching up: hub entries held back
 
     def _push(self, entries: list[Entry]) -> None:
@@ -338,15 +343,23 @@ class Subscription:
             self._stash.extend(entries)
             return
         self._pending.extend(entries)
-        self._ready.set()
+        _wake(self._waiter)
 
     async def get(self, wait: float) -> list[Entry]:
         """The entries that arrived since the last call; [] after `wait` seconds of quiet."""
         if not self._pending:
-            self._ready.clear()
+            # A future and a timer, not asyncio.wait_for(Event.wait()): every open answer
+            # stream waits here once per delivery, and wait_for's timeout context was a tenth
+            # of the web process's CPU at 500 streams (bench/RESULTS.md, 2026-12-05).
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(wait, _wake, waiter)
             try:
-                await asyncio.wait_for(self._ready.wait(), wait)
-            except TimeoutError:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._pending:
                 return []
         entries, self._pending = self._pending, []
         fresh = []

@@ -154,3 +154,34 @@ def test_the_hub_packs_its_reads_in_c_and_redis_understands_them(keys):
             await stop(hub)
 
     assert asyncio.run(scenario()) == ["0", "1", "2"]
+
+
+def test_a_subscription_waits_until_entries_come_or_its_time_is_up():
+    import asyncio
+
+    async def scenario() -> None:
+        sub = relay.Subscription(relay.StreamHub(), "portal:test:unread", "0-0")
+        started = time.monotonic()
+        assert await sub.get(0.05) == [], "quiet: nothing, once the wait is over"
+        assert time.monotonic() - started >= 0.05
+
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, sub._push, [("1-1", {"e": "delta", "d": "x"})])
+        started = time.monotonic()
+        assert await sub.get(10) == [("1-1", {"e": "delta", "d": "x"})]
+        assert time.monotonic() - started < 5, "woken by the entry, not by the timer"
+
+        # A browser gone while waiting: the wait ends and leaves nothing to wake behind.
+        waiting = asyncio.ensure_future(sub.get(10))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert sub._waiter is None
+        sub._push([("1-2", {"e": "delta", "d": "y"})])
+        assert [ident for ident, _ in await sub.get(10)] == ["1-2"]
+        # Entries older than what was delivered are not delivered again.
+        sub._push([("1-1", {"e": "delta", "d": "x"})])
+        assert await sub.get(0.01) == []
+
+    asyncio.run(scenario())
