@@ -55,7 +55,7 @@ FAULTS = frozenset(
         "big_answer",  # params: size (bytes of answer text), chunk (bytes per frame)
         "interactive",  # a userSelect node, as the [[select]] trigger
         "hang",  # accepts the request and answers nothing for params: seconds, then a proxy 504
-        "raw",  # params: bytes (str|bytes|list of them, written verbatim), status, headers, abort
+        "raw",  # params: bytes (str|bytes|list, written verbatim), pause, status, headers, abort
     }
 )
 
@@ -1369,7 +1369,8 @@ async def _wait_or_disconnect(receive: Callable, seconds: float) -> None:
 
 
 async def _raw(send: Callable, params: dict) -> None:
-    """Write recorded bytes verbatim: params bytes (str, bytes or a list of writes)."""
+    """Write recorded bytes verbatim: params bytes (str, bytes or a list of writes), pause
+    (seconds after each write, or a list: after the first, the second, ...)."""
     pieces = params.get("bytes", b"")
     if not isinstance(pieces, list):
         pieces = [pieces]
@@ -1382,11 +1383,14 @@ async def _raw(send: Callable, params: dict) -> None:
             "headers": [(k.encode(), v.encode()) for k, v in pairs],
         }
     )
-    for piece in pieces:
+    pauses = params.get("pause") or 0
+    if not isinstance(pauses, list):
+        pauses = [pauses] * len(pieces)
+    for piece, pause in zip(pieces, pauses + [0] * len(pieces), strict=False):
         data = piece.encode() if isinstance(piece, str) else piece
         await send({"type": "http.response.body", "body": data, "more_body": True})
-        if params.get("pause"):
-            await asyncio.sleep(float(params["pause"]))
+        if pause:
+            await asyncio.sleep(float(pause))
     if params.get("abort"):
         raise _Abort("raw abort")
     await send({"type": "http.response.body", "body": b"", "more_body": False})

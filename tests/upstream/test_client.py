@@ -567,6 +567,29 @@ def test_a_read_timeout_after_sending_is_permanent(fg, http):
     assert error.message == "FastGPT did not start answering within 0.3 seconds."
 
 
+def test_an_answer_that_goes_quiet_for_the_read_timeout_fails_with_what_came(fg, http):
+    # Quiet after the second piece: aiohttp's own timer covers only the first gap.
+    pieces = [frame(chunk("Hel")), frame(chunk("lo")), frame(chunk(" world")) + TAIL]
+    fg.inject("raw", bytes=pieces, pause=[0.1, 1.5])
+    api = FastGPTClient(fg.url, APP_KEY, timeout=0.3, http=http)
+    received: list = []
+
+    with pytest.raises(UpstreamError) as caught:
+        ask_into(api, received)
+
+    assert caught.value.permanent
+    assert caught.value.message == "FastGPT stopped sending the answer (nothing for 0.3 seconds)."
+    assert text_of(received) == "Hello"
+
+
+def test_an_answer_that_keeps_coming_outlasts_the_read_timeout(fg, http):
+    # The timeout is a pause between reads, not a limit on the whole answer.
+    fg.inject("raw", bytes=[frame(chunk(w)) for w in "abcdef"] + [TAIL], pause=0.1)
+    api = FastGPTClient(fg.url, APP_KEY, timeout=0.3, http=http)
+
+    assert text_of(ask(api)) == "abcdef"
+
+
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
