@@ -185,3 +185,24 @@ def test_a_subscription_waits_until_entries_come_or_its_time_is_up():
         assert await sub.get(0.01) == []
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("XREAD", "BLOCK", 10_000, "STREAMS", "a", "b", "0-0", "1-2"),
+        ("XADD", "k", "*", "e", "delta", "d", "né \u2028"),
+        ("CLIENT ID",),  # one string, split by redis-py
+        ("CLIENT", "UNBLOCK", 7),
+        ("SET", "k", memoryview(b"v"), "EX", 1.5),
+        ("JSON.GET", b"k"),
+    ],
+)
+def test_the_c_packing_writes_what_redis_py_writes(command):
+    from redis.connection import Connection, PythonRespSerializer
+
+    class Packed(relay._CPacking, Connection):
+        pass
+
+    expected = b"".join(PythonRespSerializer(6000, Connection().encoder.encode).pack(*command))
+    assert b"".join(Packed().pack_command(*command)) == expected
