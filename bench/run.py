@@ -113,7 +113,9 @@ def phase_ttft(stack: Stack, user: dict, pairs: int) -> dict[str, Any]:
         "jobs": jobs,
         "sequential": True,
     }
-    results, _ = run_clients([plan])
+    # The direct calls never reach the portal: its CPU in this phase is the portal turns'.
+    with Monitor(stack_groups(stack)) as monitor:
+        results, _ = run_clients([plan])
     portal = [r for r in results if r["kind"] == "portal" and not r["error"] and r["t_first"]]
     direct = [r for r in results if r["kind"] == "direct" and not r["error"] and r["t_first"]]
     p_ttft = [r["t_first"] - r["t0"] for r in portal]
@@ -135,8 +137,12 @@ def phase_ttft(stack: Stack, user: dict, pairs: int) -> dict[str, Any]:
         "added": added,
         "added_paired": analysis.pcts(paired),
         "send_response": analysis.pcts(send),
-        # queued (the INSERT) -> task started; -> question sent; -> first token in the worker.
+        # queued (the INSERT) -> task started -> first token in the worker.
         "worker_breakdown": breakdown,
+        # Each turn's whole cost (send, answer stream, a 20-token answer), one at a time.
+        "cpu_ms_per_turn": {
+            g: 1000 * monitor.cpu[g] / max(1, len(portal)) for g in ("web", "worker")
+        },
         "errors": [r["error"] for r in results if r["error"]][:5],
     }
 
@@ -305,6 +311,9 @@ def table(report: dict[str, Any]) -> str:
             ("  worker: queued->task / ->1st token",
              " / ".join(ms(w[k]["p50"]) for k in ("dispatch", "upstream")), "", "")
         )  # fmt: skip
+    if c := t.get("cpu_ms_per_turn"):
+        rows.append(("  portal CPU per turn: web / worker", f"{ms(c['web'] / 1000)} / "
+                     f"{ms(c['worker'] / 1000)}", "", ""))  # fmt: skip
     for lv in report["concurrency"]:
         n, h = lv["turns"], f"{lv['turns']} streams"
         p99 = lv["added_ttft_p99_ms"]
