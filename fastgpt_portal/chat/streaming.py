@@ -44,7 +44,10 @@ def _authorise(request: HttpRequest, pk: int) -> tuple[bool, Turn | None]:
         release_connection()
 
 
-@sync_to_async
+# Not thread-sensitive, as asgi_stream._owned_turn: outside Django's request cycle asgiref runs
+# every thread-sensitive call of the process in one thread, so one slow read or render would
+# hold the end of every other answer behind it (tests/chat/test_asgi_stream.py).
+@sync_to_async(thread_sensitive=False)
 def _finished(pk: int) -> bool:
     try:
         return Turn.objects.filter(pk=pk, status__in=Turn.FINISHED).exists()
@@ -57,7 +60,7 @@ def _finished(pk: int) -> bool:
 _final_turns = RowLoader(Turn, defer=("flow_responses",))
 
 
-@sync_to_async
+@sync_to_async(thread_sensitive=False)
 def _final_html(pk: int) -> str:
     try:
         turn = _final_turns.get(pk)

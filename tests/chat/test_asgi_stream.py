@@ -141,3 +141,39 @@ def test_anything_it_cannot_vouch_for_goes_to_django(turn, alice, bob, django_us
 
 # A lost database, through uvicorn and this front: the 503 page of
 # tests/security/test_database_unavailable.py (its GET /chat/turns/1/events sends a session cookie).
+
+
+def test_one_slow_end_of_answer_does_not_hold_another_streams_end(alice, demo_app, monkeypatch):
+    """Each answer ends with its turn read and rendered in a thread; one that takes long (a slow
+    query, a long answer to render) must not hold every other stream's end behind it."""
+    import threading
+
+    from fastgpt_portal.chat import streaming
+
+    conversation = Conversation.objects.create(user=alice, app=demo_app, title="Ends")
+    slow, fast = (
+        Turn.objects.create(
+            conversation=conversation, user=alice, question=q, status="done", answer=q
+        )
+        for q in ("slow", "fast")
+    )
+    release = threading.Event()
+    render = streaming.render_to_string
+
+    def slow_render(template: str, context: dict) -> str:
+        if context["turn"].pk == slow.pk:
+            release.wait(10)
+        return render(template, context)
+
+    monkeypatch.setattr(streaming, "render_to_string", slow_render)
+
+    async def scenario() -> str:
+        slow_end = asyncio.ensure_future(streaming._final_html(slow.pk))
+        try:
+            await asyncio.sleep(0.1)  # the slow one is rendering
+            return await asyncio.wait_for(streaming._final_html(fast.pk), 5)
+        finally:
+            release.set()
+            await slow_end
+
+    assert f'id="turn-{fast.pk}"' in asyncio.run(scenario())
