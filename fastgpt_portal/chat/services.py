@@ -102,13 +102,13 @@ PUBLISH_BATCH_MAX = 100
 
 
 class _Dispatcher:
-    """Hands queued turns to Celery from one long-lived thread per process.
+    """Hands queued turns to the broker from one long-lived thread per process.
 
-    Under ASGI every request runs in a thread of its own, and Celery rebuilds its per-thread
-    state (result backend, producer) in each: publishing from the request cost the send 1.3 ms
-    (bench/RESULTS.md). From one thread it costs less, and a broker that hangs holds the
-    browser's answer for PUBLISH_WAIT_SECONDS at most. A turn whose hand-over dies with the
-    process stays queued; the sweeper sends it (PORTAL_REQUEUE_SECONDS).
+    A broker that hangs holds the browser's answer for PUBLISH_WAIT_SECONDS at most, and the
+    turns sent meanwhile go out together (broker.publish: one LPUSH). It began as a way round
+    Celery rebuilding its per-thread state in every ASGI request thread (1.3 ms a send,
+    bench/RESULTS.md); broker.publish no longer goes through that. A turn whose hand-over dies
+    with the process stays queued; the sweeper sends it (PORTAL_REQUEUE_SECONDS).
     """
 
     def __init__(self) -> None:

@@ -179,12 +179,12 @@ def test_turns_are_published_as_the_messages_celery_writes(monkeypatch):
     broker.publish(run_turn, [(12,), (13,)])
     run_turn.apply_async((14,))  # Celery's own, for comparison
 
-    def ids_and_args(message: dict) -> tuple[str, str, tuple, str]:
+    def ids_and_args(message: dict) -> tuple[str, str, tuple]:
         headers, properties = message["headers"], message["properties"]
         args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
         assert headers["root_id"] == properties["correlation_id"] == headers["id"]
         assert kwargs == {} and headers["argsrepr"] == repr(tuple(args))
-        return headers["id"], properties["delivery_tag"], tuple(args), message["headers"]["task"]
+        return headers["id"], properties["delivery_tag"], tuple(args)
 
     def without_ids_and_args(message: dict) -> dict:
         message = json.loads(json.dumps(message))
@@ -198,7 +198,7 @@ def test_turns_are_published_as_the_messages_celery_writes(monkeypatch):
     queues = {queue for queue, _ in written}
     assert queues == {settings.CELERY_TASK_DEFAULT_QUEUE}
     found = [ids_and_args(message) for _, message in written]
-    assert [args for _, _, args, _ in found] == [(11,), (12,), (13,), (14,)]
+    assert [args for _, _, args in found] == [(11,), (12,), (13,), (14,)]
     assert len({task_id for task_id, *_ in found}) == 4
     assert len({tag for _, tag, *_ in found}) == 4
     celery = without_ids_and_args(written[3][1])
