@@ -226,8 +226,11 @@ PORTAL_STREAM_TTL_SECONDS = envint("PORTAL_STREAM_TTL_SECONDS", 3600)
 # once per this many milliseconds, so a thousand streams cost a few round trips, not one per
 # token. The window grows with the number of answers streaming (by this much per 50) up to
 # PORTAL_COALESCE_MAX_MS. A lone answer and every answer's first token go through at once.
+# 150, not 50: from 500 streams on, the web process writes each browser a third as often (its
+# CPU -20%, the clients' -35%, bench/RESULTS.md 2026-12-05), and text arriving every 150 ms
+# still reads as a stream.
 PORTAL_COALESCE_MS = envint("PORTAL_COALESCE_MS", 15)
-PORTAL_COALESCE_MAX_MS = envint("PORTAL_COALESCE_MAX_MS", 50)
+PORTAL_COALESCE_MAX_MS = envint("PORTAL_COALESCE_MAX_MS", 150)
 # Requests a web process works on at once (answer streams aside); the rest wait their turn in
 # order. Each runs in one of this many pooled threads (lib/threaded_django.py), and threads
 # share one core's worth of Python: more at once only makes each slower (lib/asgi_limit.py).

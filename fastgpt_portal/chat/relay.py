@@ -130,7 +130,7 @@ def coalesce_window(streams: int) -> float:
     PORTAL_COALESCE_MS for a few streams, growing with their number up to
     PORTAL_COALESCE_MAX_MS: each write and each read costs the same whatever it carries, and
     the hub's read names every stream, so under load a longer window makes each carry more.
-    A 20-token/s answer is one token per 50 ms: a window that long merges its deltas in pairs.
+    A 20-token/s answer is one token per 50 ms: at 150 ms a browser gets three per write.
     """
     base = settings.PORTAL_COALESCE_MS / 1000
     return max(base, min(base * streams / 50, settings.PORTAL_COALESCE_MAX_MS / 1000))
