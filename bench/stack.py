@@ -318,7 +318,8 @@ class Monitor:
         self.interval = interval
         self.peak_rss: dict[str, int] = {name: 0 for name in self.groups}
         self.start_rss: dict[str, int] = {}
-        self._cpu0: dict[str, float] = {}
+        self._cpu0: dict[str, dict[int, float]] = {}
+        self._cpu_seen: dict[str, dict[int, float]] = {name: {} for name in self.groups}
         self.cpu: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -334,15 +335,21 @@ class Monitor:
                 pass
         return procs
 
-    def _cpu(self, name: str) -> float:
-        total = 0.0
+    def _sample_cpu(self, name: str) -> None:
+        """Note each member's CPU time so far, by pid.
+
+        Per pid, not a sum of the living: PostgreSQL's backends come and go (a pool closing a
+        connection), and a sum of the living went down when one ended, so the group's CPU came
+        out negative. An ended process keeps what it had at its last sample (at most one
+        interval short).
+        """
+        seen = self._cpu_seen[name]
         for proc in self._members(name):
             try:
                 t = proc.cpu_times()
-                total += t.user + t.system
             except psutil.Error:
-                pass
-        return total
+                continue
+            seen[proc.pid] = t.user + t.system
 
     def _rss(self, name: str) -> int:
         total = 0
@@ -356,7 +363,8 @@ class Monitor:
     def __enter__(self) -> Monitor:
         self._t0 = time.monotonic()
         for name in self.groups:
-            self._cpu0[name] = self._cpu(name)
+            self._sample_cpu(name)
+            self._cpu0[name] = dict(self._cpu_seen[name])
             self.start_rss[name] = self._rss(name)
             self.peak_rss[name] = self.start_rss[name]
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -367,6 +375,7 @@ class Monitor:
         while not self._stop.wait(self.interval):
             for name in self.groups:
                 self.peak_rss[name] = max(self.peak_rss[name], self._rss(name))
+                self._sample_cpu(name)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -374,7 +383,9 @@ class Monitor:
             self._thread.join()
         self.wall = time.monotonic() - self._t0
         for name in self.groups:
-            self.cpu[name] = self._cpu(name) - self._cpu0[name]
+            self._sample_cpu(name)
+            start = self._cpu0[name]
+            self.cpu[name] = sum(t - start.get(pid, 0.0) for pid, t in self._cpu_seen[name].items())
 
 
 def redis_pid(url: str) -> int | None:
