@@ -11,7 +11,7 @@ from django.conf import settings  # noqa: E402
 
 from fastgpt_portal.chat.asgi_stream import EventStreamApp  # noqa: E402
 from fastgpt_portal.lib.asgi_limit import ConcurrencyLimit  # noqa: E402
-from fastgpt_portal.lib.gc_tuning import freeze_startup_objects  # noqa: E402
+from fastgpt_portal.lib.gc_tuning import tune_for_serving  # noqa: E402
 from fastgpt_portal.lib.threaded_django import ThreadedDjango  # noqa: E402
 
 # Answer streams of a user's own turns skip Django's request cycle (see asgi_stream); other
@@ -24,4 +24,4 @@ application = EventStreamApp(
     )
 )
 
-freeze_startup_objects()
+tune_for_serving()

@@ -31,10 +31,10 @@ def _start_beat(**_kwargs) -> None:
 
 
 @worker_ready.connect
-def _freeze(**_kwargs) -> None:
-    from fastgpt_portal.lib.gc_tuning import freeze_startup_objects
+def _tune_gc(**_kwargs) -> None:
+    from fastgpt_portal.lib.gc_tuning import tune_for_serving
 
-    freeze_startup_objects()
+    tune_for_serving()
 
 
 @worker_shutdown.connect
