@@ -207,7 +207,22 @@ def test_a_user_select_node_offers_its_options_and_the_choice_continues_the_chat
     assert ">The short one</button>" not in page, "an answered question offers no options"
 
 
-def test_a_nul_character_in_an_answer_is_dropped_not_fatal(alice, demo_app, fastgpt, worker):
+@pytest.mark.parametrize(
+    ("content", "kept"),
+    [
+        # PostgreSQL text cannot hold NUL.
+        ('"a\\u0000b"', "ab"),
+        # A UTF-16 half without its pair: UTF-8 cannot carry it. The relay's write failed for
+        # every answer written with it, and PostgreSQL refused even the failed turn's partial
+        # answer, so the turn stayed running.
+        ('"a lone \\ud800 half"', "a lone \ufffd half"),
+    ],
+    ids=["nul", "lone-utf16-half"],
+)
+def test_a_character_storage_cannot_hold_is_dropped_or_replaced_not_fatal(
+    alice, demo_app, fastgpt, worker, content, kept
+):
+    from fastgpt_portal.chat import relay
     from fastgpt_portal.chat.services import turn_submit
 
     chunk = (
@@ -215,12 +230,11 @@ def test_a_nul_character_in_an_answer_is_dropped_not_fatal(alice, demo_app, fast
         '{"role":"assistant","content":%s},"index":0,"finish_reason":%s}]}\n\n'
     )
     frames = (
-        chunk % ('"a\\u0000b"', "null")
-        + chunk % ("null", '"stop"')
-        + "event: answer\ndata: [DONE]\n\n"
+        chunk % (content, "null") + chunk % ("null", '"stop"') + "event: answer\ndata: [DONE]\n\n"
     )
     fastgpt.inject("raw", bytes=frames, headers={"content-type": "text/event-stream"})
-    turn = turn_submit(user=alice, text="Say a NUL", app=demo_app)
+    turn = turn_submit(user=alice, text="Say something odd", app=demo_app)
     turn = wait_until(lambda: finished(turn.pk))
     assert turn.status == Turn.Status.DONE, turn.error
-    assert turn.answer == "ab"
+    assert turn.answer == kept
+    assert relay.read_answer(turn.pk, turn.data_id)[0] == kept

@@ -229,6 +229,27 @@ def test_it_skips_heartbeats_and_the_stop_chunk_but_keeps_the_finish_reason(fg, 
     assert events[-1] == Finished("length")
 
 
+def test_a_lone_utf16_half_becomes_a_replacement_character_a_pair_in_one_chunk_stays_whole(fg, api):
+    # Node writes "\ud83d" for a string cut inside an emoji; UTF-8 cannot carry it, so Redis
+    # and PostgreSQL refused the answer. json.dumps would write the half raw: spliced in here.
+    def escaped(text: str) -> str:
+        return frame(chunk("@").replace('"@"', f'"{text}"'))
+
+    body = (
+        escaped("cut \\ud83d")
+        + escaped("\\ude00 here, \\ud83d\\ude00 whole")
+        + frame('{"status":"running","name":"AI \\udc00"}', "flowNodeStatus")
+        + TAIL
+    )
+    fg.inject("raw", bytes=body)
+
+    events = ask(api)
+
+    assert text_of(events) == "cut \ufffd\ufffd here, \U0001f600 whole"
+    assert NodeStatus(status="running", name="AI \ufffd") in events
+    assert isinstance(events[-1], Finished)
+
+
 def test_it_keeps_the_leading_newline_of_a_fast_answer(api):
     events = ask(api, "[[fast]]")
 
