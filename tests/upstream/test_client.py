@@ -949,10 +949,14 @@ def test_a_new_connection_closed_unanswered_is_not_resent(transport):
         server.close()
 
 
-def test_event_data_beyond_strict_json_reads_as_it_did_with_the_standard_library():
+def test_event_data_beyond_strict_json_reads_as_with_the_standard_library_but_utf8_safe():
     from fastgpt_portal.upstream.client import _loads
 
-    # orjson reads events in C, and refuses these; json reads them, and so still does the client.
+    # orjson reads events in C, and refuses these; json reads them, and so still does the client,
+    # except that a lone UTF-16 half, which UTF-8 (Redis, PostgreSQL) cannot carry, is U+FFFD.
     assert _loads('{"x": NaN}')["x"] != _loads('{"x": NaN}')["x"]
-    assert _loads('{"t": "\\ud800"}')["t"] == "\ud800"
+    assert _loads('{"t": "\\ud800", "\\udc00": ["\\ud83d\\ude00 \\ude00"]}') == {
+        "t": "\ufffd",
+        "\ufffd": ["\U0001f600 \ufffd"],
+    }
     assert _loads('{"t": "ok"}') == {"t": "ok"}
