@@ -8,6 +8,7 @@ import time
 import uuid
 
 import pytest
+import redis
 
 from fastgpt_portal.chat import relay
 
@@ -56,6 +57,42 @@ def test_the_ttl_is_set_with_the_first_write_not_with_every_one(settings, keys):
     writer._ttl_set[keys[0]] -= 11  # a tenth of the TTL later
     write(writer, keys[0], "three")
     assert relay.sync_redis().ttl(keys[0]) >= 99
+
+
+def test_a_command_redis_refuses_fails_the_write_but_the_other_streams_are_written(keys):
+    redis_ = relay.sync_redis()
+    redis_.set(keys[1], "not a stream")
+    writer = relay._Writer()
+    batch = [(keys[0], [("delta", "kept")]), (keys[1], [("delta", "refused")])]
+
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        writer._write(batch)
+
+    assert [f["d"] for _, f in redis_.xrange(keys[0])] == ["kept"]
+    writer._write([(keys[0], [("delta", " and after")])])  # every reply was read
+    assert [f["d"] for _, f in redis_.xrange(keys[0])] == ["kept", " and after"]
+
+
+def test_a_write_whose_connection_redis_closes_fails_and_the_next_goes_out(keys, monkeypatch):
+    pool = relay.sync_redis().connection_pool
+    get_connection = pool.get_connection
+    killer = redis.Redis.from_url(relay.settings.REDIS_URL)
+
+    def closed_once_handed_out(*args, **kwargs):
+        conn = get_connection(*args, **kwargs)
+        conn.send_command("CLIENT", "ID")
+        killer.client_kill_filter(_id=conn.read_response())  # after the pool's own checks
+        return conn
+
+    writer = relay._Writer()
+    with monkeypatch.context() as patched:
+        patched.setattr(pool, "get_connection", closed_once_handed_out)
+        with pytest.raises(redis.ConnectionError):
+            writer._write([(keys[0], [("delta", "lost")])])
+    writer._write([(keys[0], [("delta", "written")])])
+
+    assert [f["d"] for _, f in relay.sync_redis().xrange(keys[0])] == ["written"]
+    killer.close()
 
 
 def test_a_first_token_is_in_redis_when_publish_returns_after_what_queued_before_it(settings, keys):
