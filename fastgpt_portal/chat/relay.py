@@ -283,15 +283,15 @@ class _Writer:
             self._pruned = now
             self._seen = {k: t for k, t in self._seen.items() if now - t < self.RECENT_SECONDS}
             self._ttl_set = {k: t for k, t in self._ttl_set.items() if k in self._seen}
-        pipelined(sync_redis(), commands)
+        _pipelined(sync_redis(), commands)
 
 
-def pipelined(client: redis.Redis, commands: list[tuple[Any, ...]]) -> None:
+def _pipelined(client: redis.Redis, commands: list[tuple[Any, ...]]) -> None:
     """Send `commands` in one round trip and read every reply, as redis-py's pipeline without
     a transaction does (the first error reply is raised once every reply is read), but each
     command packed by hiredis in C: the pipeline builds and packs each XADD in Python, 6.1 us
     of CPU an entry here against 1.5 this way, and at 1,000 streams the writer sends about
-    6,700 a second (bench/RESULTS.md).
+    6,000 a second (bench/RESULTS.md).
     """
     pool = client.connection_pool
     conn = pool.get_connection()
