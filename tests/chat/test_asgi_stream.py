@@ -177,3 +177,43 @@ def test_one_slow_end_of_answer_does_not_hold_another_streams_end(alice, demo_ap
             await slow_end
 
     assert f'id="turn-{fast.pk}"' in asyncio.run(scenario())
+
+
+def test_a_quiet_stream_keeps_alive_and_asks_the_database_only_now_and_then(
+    alice, demo_app, monkeypatch
+):
+    """A turn waiting for FastGPT's first token: keep-alives at every quiet period, and a
+    database check (did the turn end without its `done` entry?) only at every few of them:
+    thousands of waiting answers asked it every 15 s, a tenth of the web process's CPU."""
+    from asgiref.sync import sync_to_async
+
+    from fastgpt_portal.chat import streaming
+
+    conversation = Conversation.objects.create(user=alice, app=demo_app, title="Quiet")
+    turn = Turn.objects.create(
+        conversation=conversation, user=alice, question="Slow?", status=Turn.Status.RUNNING
+    )
+    monkeypatch.setattr(streaming, "KEEPALIVE_MS", 20)
+    asked: list[int] = []
+    finished = streaming._finished
+
+    async def counted(pk: int) -> bool:
+        asked.append(pk)
+        return await finished(pk)
+
+    monkeypatch.setattr(streaming, "_finished", counted)
+    every = streaming.FINISHED_CHECK_EVERY
+
+    async def scenario() -> tuple[list[bytes], int, list[bytes]]:
+        frames = streaming.answer_events(turn.pk, turn.data_id, False, "0-0")
+        quiet = [await anext(frames) for _ in range(1 + 8)]  # "open", then 8 quiet periods
+        checks = len(asked)
+        # The turn ends, and its `done` entry never comes.
+        await sync_to_async(Turn.objects.filter(pk=turn.pk).update)(status=Turn.Status.DONE)
+        return quiet, checks, [frame async for frame in frames]
+
+    quiet, checks, rest = asyncio.run(scenario())
+
+    assert sum(b"keep-alive" in frame for frame in quiet) == 8
+    assert every >= 4 and checks == 8 // every  # at most once a minute, not at every keep-alive
+    assert b"event: done" in rest[-1] and len(rest) <= every
