@@ -174,11 +174,16 @@ class Stack:
         return self
 
     def start_double(
-        self, name: str, *, token_rate: float = 0.0, tokens: int | None = None
+        self,
+        name: str,
+        *,
+        token_rate: float = 0.0,
+        tokens: int | None = None,
+        first_token_delay: float = 0.0,
     ) -> Double:
         port = free_port()
         args = [PY, "manage.py", "fastgpt_double", "--port", str(port), "--record-writes"]
-        args += ["--token-rate", str(token_rate)]
+        args += ["--token-rate", str(token_rate), "--first-token-delay", str(first_token_delay)]
         if tokens is not None:
             args += ["--tokens", str(tokens)]
         proc = self._spawn(f"double-{name}", args)
