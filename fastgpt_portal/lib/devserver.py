@@ -146,7 +146,7 @@ def main() -> int:
                     "--pool",
                     "threads",
                     "--concurrency",
-                    env.get("WORKER_CONCURRENCY", "32"),
+                    env.get("WORKER_CONCURRENCY", "500"),
                     "--loglevel",
                     "INFO",
                 ],
